@@ -1,0 +1,171 @@
+"""Frozen multi-stage feature extractor over timm (``features_only``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from flawmap.backbones.registry import BackboneSpec, get_backbone_spec
+from flawmap.backbones.weights import (
+    load_into,
+    offline,
+    offline_options,
+    pip_weights_file,
+    read_state_dict,
+)
+from flawmap.errors import ConfigError, WeightsError
+
+LayerRef = int | str
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """Static metadata of one backbone stage: timm index, module name, channels, stride."""
+
+    index: int
+    module: str
+    channels: int
+    stride: int
+
+
+def describe_stages(name: str) -> list[StageInfo]:
+    """Every feature stage timm exposes for backbone ``name`` (no weights are loaded)."""
+    spec = get_backbone_spec(name)
+    with torch.device("meta"):
+        model = timm.create_model(spec.timm_name, pretrained=False, features_only=True)
+    info = model.feature_info
+    return [
+        StageInfo(i, info.module_name()[i], info.channels()[i], info.reduction()[i])
+        for i in range(len(info.channels()))
+    ]
+
+
+def resolve_layers(
+    name: str, layers: Sequence[LayerRef] | None = None, strides: Sequence[int] | None = None
+) -> tuple[int, ...]:
+    """Stage indices for ``layers`` (indices or timm module names) or for output ``strides``.
+
+    Exactly one of ``layers`` and ``strides`` is used; ``layers`` wins when both are given. For
+    ``strides`` the first stage with that stride is taken.
+    """
+    stages = describe_stages(name)
+    by_name = {s.module: s.index for s in stages}
+    if layers:
+        out = []
+        for ref in layers:
+            if isinstance(ref, str) and ref.isdigit():
+                ref = int(ref)
+            if isinstance(ref, int):
+                if not 0 <= ref < len(stages):
+                    raise ConfigError(
+                        f"backbone {name} has stages 0..{len(stages) - 1}, not {ref}; "
+                        f"stages: {_stage_table(stages)}"
+                    )
+                out.append(ref)
+            elif ref in by_name:
+                out.append(by_name[ref])
+            else:
+                raise ConfigError(
+                    f"backbone {name} has no stage {ref!r}; stages: {_stage_table(stages)}"
+                )
+        return tuple(out)
+    if not strides:
+        raise ConfigError("give either layers or strides")
+    out = []
+    for stride in strides:
+        match = [s.index for s in stages if s.stride == stride]
+        if not match:
+            raise ConfigError(
+                f"backbone {name} has no stage of stride {stride}; stages: {_stage_table(stages)}"
+            )
+        out.append(match[0])
+    return tuple(out)
+
+
+def _stage_table(stages: list[StageInfo]) -> str:
+    return ", ".join(f"{s.index}={s.module}(C={s.channels}, stride={s.stride})" for s in stages)
+
+
+class FeatureExtractor(nn.Module):
+    """A frozen, eval-mode CNN that returns feature maps of the chosen stages.
+
+    Input: images (B, 3, H, W) in [0, 1] (the extractor normalises them itself).
+    Output: list of (B, C_i, H / s_i, W / s_i) maps, one per chosen stage, with
+    ``channels[i] = C_i`` and ``strides[i] = s_i`` known before any image is seen.
+
+    Args:
+        name: a registered backbone (see :func:`flawmap.backbones.list_backbones`).
+        layers: stage indices or timm module names (``describe_stages`` lists them).
+        weights: ``"pretrained"`` (resolved offline-first, see :mod:`flawmap.backbones.weights`),
+            ``"random"`` (untrained, for tests), or the path of a local weights file.
+        trainable: keep gradients (fine-tuning models); default frozen.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        layers: Sequence[LayerRef],
+        weights: str = "pretrained",
+        trainable: bool = False,
+    ) -> None:
+        super().__init__()
+        self.spec: BackboneSpec = get_backbone_spec(name)
+        self.layers = resolve_layers(name, layers)
+        self.weights_source = weights
+        self.net = self._create(weights)
+        info = self.net.feature_info
+        self.channels: tuple[int, ...] = tuple(info.channels())
+        self.strides: tuple[int, ...] = tuple(info.reduction())
+        mean = self.spec.mean or self.net.pretrained_cfg.get("mean", (0.485, 0.456, 0.406))
+        std = self.spec.std or self.net.pretrained_cfg.get("std", (0.229, 0.224, 0.225))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.trainable = trainable
+        if not trainable:
+            self.net.requires_grad_(False)
+        self.eval()
+
+    def _create(self, weights: str) -> nn.Module:
+        spec = self.spec
+        kwargs = {"features_only": True, "out_indices": self.layers}
+        if weights == "random":
+            return timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+        if weights != "pretrained":
+            net = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+            path = Path(weights).expanduser()
+            load_into(net, read_state_dict(path), source=str(path))
+            return net
+        pip_file = pip_weights_file(spec)
+        if pip_file is not None:
+            net = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+            load_into(net, read_state_dict(pip_file), source=str(pip_file))
+            return net
+        if not offline():
+            try:
+                return timm.create_model(spec.timm_name, pretrained=True, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - any download failure means: offline
+                raise WeightsError(
+                    f"no pretrained weights for {spec.name}: the download failed ({exc}).\n"
+                    f"Offline options:\n{offline_options(spec)}"
+                ) from exc
+        raise WeightsError(
+            f"no pretrained weights for {spec.name} and downloads are disabled "
+            f"(FLAWMAP_OFFLINE/HF_HUB_OFFLINE).\nOffline options:\n{offline_options(spec)}"
+        )
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        """Frozen extractors stay in eval mode (BatchNorm statistics never change)."""
+        return super().train(mode and self.trainable)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images (B, 3, H, W) in [0, 1] -> list of (B, C_i, H/s_i, W/s_i)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ConfigError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        x = (images - self.mean) / self.std
+        x = x.contiguous(memory_format=torch.channels_last)
+        return [f.contiguous() for f in self.net(x)]

@@ -1,0 +1,23 @@
+"""Evaluation: metrics of a detector on a test set, timing, result files."""
+
+from __future__ import annotations
+
+from flawmap.evaluation.evaluate import (
+    METRIC_KEYS,
+    Evaluation,
+    display_range,
+    evaluate,
+    save_examples,
+    write_evaluation,
+)
+from flawmap.evaluation.timing import measure_latency
+
+__all__ = [
+    "METRIC_KEYS",
+    "Evaluation",
+    "display_range",
+    "evaluate",
+    "measure_latency",
+    "save_examples",
+    "write_evaluation",
+]

