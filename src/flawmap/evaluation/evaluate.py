@@ -15,9 +15,9 @@ from torch.utils.data import Dataset
 
 import flawmap
 from flawmap.data import load_image
+from flawmap.evaluation.timing import measure_latency
 from flawmap.metrics import compute_metrics
 from flawmap.models.base import Detector, Prediction
-from flawmap.evaluation.timing import measure_latency
 from flawmap.report import evaluation_markdown, heatmap_overlay, save_png, side_by_side
 
 METRIC_KEYS = (

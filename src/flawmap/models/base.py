@@ -38,6 +38,7 @@ from flawmap.backbones import DEFAULT_BACKBONE, FeatureExtractor, resolve_layers
 from flawmap.data import ImageTransform, split_holdout
 from flawmap.errors import ConfigError, DataError, NotFittedError
 from flawmap.models.postprocess import AnomalyMapPostprocessor, learn_threshold
+from flawmap.registry import Registry
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -376,29 +377,22 @@ def load_state_resizing(module: nn.Module, state: dict[str, torch.Tensor]) -> No
 
 
 # --------------------------------------------------------------------- registry
-_MODELS: dict[str, type[Detector]] = {}
+_MODELS: Registry[type[Detector]] = Registry("model")
 
 
 def register_model(cls: type[Detector]) -> type[Detector]:
     """Class decorator: make ``cls`` available under ``cls.name``."""
-    if cls.name in _MODELS:
-        raise ConfigError(f"model {cls.name!r} is registered twice")
-    _MODELS[cls.name] = cls
-    return cls
+    return _MODELS.add(cls.name, cls)
 
 
 def list_models() -> list[str]:
     """Names of every registered model, sorted."""
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def model_class(name: str) -> type[Detector]:
-    try:
-        return _MODELS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown model {name!r}; registered models: {', '.join(list_models())}"
-        ) from None
+    """The detector class registered under ``name``."""
+    return _MODELS.get(name)
 
 
 def create_model(name: str, **params: Any) -> Detector:

@@ -90,7 +90,7 @@ class PadimModule(AnomalyModule):
 
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
         emb = self.embed(images)
-        b, d, h, w = emb.shape
+        b, _, h, w = emb.shape
         if self.mean.shape[0] != h * w:
             raise DataError(
                 f"the model was fitted on a {self.mean.shape[0]}-position grid, these images give "
