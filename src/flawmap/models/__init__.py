@@ -14,6 +14,7 @@ from flawmap.models.base import (
 )
 from flawmap.models.padim import Padim
 from flawmap.models.patchcore.model import PatchCore
+from flawmap.models.simplenet import SimpleNet, TrisimpleNet
 
 __all__ = [
     "AnomalyModule",
@@ -21,6 +22,8 @@ __all__ = [
     "Padim",
     "PatchCore",
     "Prediction",
+    "SimpleNet",
+    "TrisimpleNet",
     "create_model",
     "list_models",
     "load_model",

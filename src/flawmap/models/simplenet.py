@@ -1,0 +1,266 @@
+"""SimpleNet (Liu et al., CVPR 2023) and TrisimpleNet (seed paper 000), one implementation.
+
+Data path (paper §3.1-3.6):
+
+- features o = F_phi(x): two mid-level backbone stages (stride 8 and 16), each averaged over a
+  p x p neighbourhood (eq. 3.1-3.2, p = 3), resized to the stride-8 grid and concatenated
+  (eq. 3.3), then projected to ``embed_dim`` channels by adaptive average pooling over the
+  channel axis (SimpleNet's aggregator; the paper uses 1536);
+- feature adaptor G: one bias-free linear layer, q = G(o) (eq. 3.5);
+- anomalous features q- = q + eps, eps ~ N(0, sigma^2 I), sigma = 0.015 (eq. 3.6); fake-normal
+  features (TrisimpleNet only) q' = q + eps', eps' ~ N(0, sigma'^2 I), sigma' = 0.00015 (eq. 3.7);
+- discriminator D: Linear -> BatchNorm -> LeakyReLU(0.2) -> Linear, one score per position;
+- loss: see :func:`simplenet_loss` (eq. 3.10-3.13);
+- inference: s = -D(G(o)) per position (eq. 3.14), upsampled and smoothed into the map
+  (eq. 3.15), image score = max of the map (eq. 3.16).
+
+Model selection never looks at test data: the weights of the last epoch are kept (the original
+SimpleNet code keeps the epoch with the best *test* AUROC; we do not).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from flawmap.backbones import FeatureExtractor
+from flawmap.errors import ConfigError, DataError
+from flawmap.models.base import AnomalyModule, Detector, register_model
+from flawmap.training import TrainingHistory, run_epochs
+
+
+def simplenet_loss(
+    normal: torch.Tensor,
+    anomalous: torch.Tensor,
+    fake_normal: torch.Tensor | None = None,
+    th_pos: float = 0.5,
+    th_neg: float = 0.5,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """Mean per-position loss of discriminator scores (each (P,)), eq. 3.10-3.13.
+
+    SimpleNet's truncated L1 loss (eq. 3.10), read as in the original SimpleNet code (normal
+    scores pushed above ``th_pos``, anomalous scores below ``-th_neg``)::
+
+        l1 = max(0, th_pos - D(q)) + max(0, th_neg + D(q-))
+
+    TrisimpleNet adds (``fake_normal`` given) the triplet-style terms of eq. 3.11. The paper's
+    eq. 3.11 and its pseudo-code disagree in signs and in which scores the absolute difference
+    compares; we implement the stated intent — normal scores above anomalous ones by at least
+    ``alpha``, and normal and fake-normal scores pulled together::
+
+        l2 = max(0, alpha - (D(q) - D(q-))) + |D(q) - D(q')|
+
+    The loss is zero exactly when every margin holds: D(q) >= th_pos, D(q-) <= -th_neg,
+    D(q) - D(q-) >= alpha and D(q') = D(q). Returns the mean over positions (eq. 3.13).
+    """
+    loss = F.relu(th_pos - normal) + F.relu(th_neg + anomalous)
+    if fake_normal is not None:
+        loss = loss + F.relu(alpha - (normal - anomalous)) + (normal - fake_normal).abs()
+    return loss.mean()
+
+
+def add_gaussian_noise(
+    features: torch.Tensor, sigma: float, generator: torch.Generator
+) -> torch.Tensor:
+    """features + eps, eps ~ N(0, sigma^2 I) i.i.d. per element (eq. 3.6 / 3.7)."""
+    noise = torch.randn(features.shape, generator=generator, dtype=features.dtype)
+    return features + sigma * noise
+
+
+class SimpleNetModule(AnomalyModule):
+    """Frozen backbone + aggregation/projection + adaptor G + discriminator D."""
+
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        smoothing_sigma: float,
+        embed_dim: int | None,
+        patch_size: int,
+        hidden_dim: int | None,
+    ) -> None:
+        super().__init__(extractor, smoothing_sigma)
+        if patch_size < 1 or patch_size % 2 == 0:
+            raise ConfigError(f"patch_size must be an odd integer >= 1, got {patch_size}")
+        dim = embed_dim or sum(extractor.channels)
+        self.embed_dim = dim
+        self.patch_size = patch_size
+        hidden = hidden_dim or dim
+        self.adaptor = nn.Linear(dim, dim, bias=False)  # G, eq. 3.5
+        self.discriminator = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 1),
+        )
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) -> projected local features o (B, embed_dim, h, w)."""
+        p = self.patch_size
+        maps = [F.avg_pool2d(f, p, stride=1, padding=p // 2) for f in self.extractor(images)]
+        size = maps[0].shape[-2:]
+        maps = [maps[0]] + [
+            F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]
+        ]
+        out = torch.cat(maps, dim=1)
+        b, c, h, w = out.shape
+        if c != self.embed_dim:
+            flat = out.permute(0, 2, 3, 1).reshape(-1, 1, c)
+            flat = F.adaptive_avg_pool1d(flat, self.embed_dim)
+            out = flat.reshape(b, h, w, self.embed_dim).permute(0, 3, 1, 2)
+        return out.contiguous()
+
+    def score_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(P, embed_dim) features o -> (P,) discriminator scores D(G(o))."""
+        return self.discriminator(self.adaptor(features))[:, 0]
+
+    def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.features(images)
+        b, c, h, w = feats.shape
+        scores = -self.score_features(feats.permute(0, 2, 3, 1).reshape(-1, c))  # eq. 3.14
+        return scores.view(b, 1, h, w)
+
+
+@register_model
+class SimpleNet(Detector):
+    """SimpleNet: adaptor + discriminator on Gaussian-noise defect features; score = -D(G(o)).
+
+    Args:
+        embed_dim: projected feature size (``None`` = the stages' channel sum; paper 1536).
+        hidden_dim: discriminator hidden size (``None`` = ``embed_dim``).
+        patch_size: neighbourhood of the local average (paper p = 3).
+        noise_sigma: std of the anomalous-feature noise (paper 0.015).
+        th_pos, th_neg: truncation thresholds of eq. 3.10 (paper 0.5, 0.5).
+        epochs: training epochs (CPU default; the paper trains 160, see ``PAPER_SCHEDULE``).
+        train_batch_size: images per optimisation step (paper 4).
+        lr, weight_decay: Adam settings of G and D (paper 1e-4, 1e-5).
+        **common: see :class:`~flawmap.models.base.Detector`.
+    """
+
+    name = "simplenet"
+    default_strides = (8, 16)
+    #: The seed paper's schedule (§4.3), for ``--param epochs=160`` style reproduction.
+    PAPER_SCHEDULE: ClassVar[dict[str, float]] = {
+        "epochs": 160,
+        "train_batch_size": 4,
+        "lr": 1e-4,
+        "weight_decay": 1e-5,
+    }
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int | None = None,
+        hidden_dim: int | None = None,
+        patch_size: int = 3,
+        noise_sigma: float = 0.015,
+        th_pos: float = 0.5,
+        th_neg: float = 0.5,
+        epochs: int = 40,
+        train_batch_size: int = 4,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-5,
+        **common,
+    ) -> None:
+        super().__init__(**common)
+        self.embed_dim = embed_dim
+        self.hidden_dim = hidden_dim
+        self.patch_size = patch_size
+        self.noise_sigma = noise_sigma
+        self.th_pos = th_pos
+        self.th_neg = th_neg
+        self.epochs = epochs
+        self.train_batch_size = train_batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.history_: TrainingHistory | None = None
+
+    def _build_module(self, weights: str) -> SimpleNetModule:
+        return SimpleNetModule(
+            self.make_extractor(weights),
+            self.smoothing_sigma,
+            self.embed_dim,
+            self.patch_size,
+            self.hidden_dim,
+        )
+
+    def synthesize(self, q: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+        """Adapted features q (P, C) -> the feature sets the discriminator scores: [q, q-]."""
+        return [q, add_gaussian_noise(q, self.noise_sigma, generator)]
+
+    def loss_from_scores(self, scores: list[torch.Tensor]) -> torch.Tensor:
+        normal, anomalous = scores
+        return simplenet_loss(normal, anomalous, None, self.th_pos, self.th_neg)
+
+    def loss(
+        self, module: SimpleNetModule, features: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Loss of one batch of cached features o (P, embed_dim)."""
+        parts = self.synthesize(module.adaptor(features), generator)
+        # One discriminator pass over all kinds, so BatchNorm sees them together (as SimpleNet).
+        scores = module.discriminator(torch.cat(parts))[:, 0]
+        return self.loss_from_scores(list(scores.split(len(features))))
+
+    def _fit_module(self, module: AnomalyModule, data: Dataset, progress: bool) -> None:
+        if not isinstance(module, SimpleNetModule):
+            raise TypeError(f"{self.name} fits a SimpleNetModule")
+        if len(data) < 1:
+            raise DataError("no training images")
+        with torch.inference_mode():
+            cached = torch.cat(
+                [module.features(b["image"]) for b in self.batches(data, progress, "features")]
+            )
+        # (N, h*w, C): the frozen backbone runs once per image; epochs cost only G and D.
+        cached = cached.flatten(2).transpose(1, 2).contiguous().clone()
+        params = [*module.adaptor.parameters(), *module.discriminator.parameters()]
+        optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        module.adaptor.train()
+        module.discriminator.train()
+
+        def step(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            return self.loss(module, cached[indices].reshape(-1, cached.shape[-1]), generator)
+
+        self.history_ = run_epochs(
+            step,
+            [optimizer],
+            n_items=len(cached),
+            batch_size=self.train_batch_size,
+            epochs=self.epochs,
+            seed=self.seed,
+            progress=progress,
+            desc=f"{self.name}: train",
+        )
+        module.eval()
+
+
+@register_model
+class TrisimpleNet(SimpleNet):
+    """TrisimpleNet: SimpleNet + fake-normal features and the triplet-style loss (seed 000).
+
+    Args:
+        fake_noise_sigma: std of the fake-normal noise sigma' (paper 0.00015).
+        alpha: the normal-vs-anomalous score margin of eq. 3.11 (paper 1).
+        **kwargs: see :class:`SimpleNet`.
+    """
+
+    name = "trisimplenet"
+
+    def __init__(self, *, fake_noise_sigma: float = 0.00015, alpha: float = 1.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.fake_noise_sigma = fake_noise_sigma
+        self.alpha = alpha
+
+    def synthesize(self, q: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+        """[q, q- (sigma), q' (sigma')] for the triplet-style loss (eq. 3.6-3.7)."""
+        return [
+            *super().synthesize(q, generator),
+            add_gaussian_noise(q, self.fake_noise_sigma, generator),
+        ]
+
+    def loss_from_scores(self, scores: list[torch.Tensor]) -> torch.Tensor:
+        normal, anomalous, fake_normal = scores
+        return simplenet_loss(normal, anomalous, fake_normal, self.th_pos, self.th_neg, self.alpha)
