@@ -69,9 +69,7 @@ def evaluate(
     if has_mask.any():
         masks = prediction.targets["mask"][has_mask, 0] > 0.5
         maps = prediction.maps[has_mask]
-    metrics: dict[str, float | None] = dict(
-        compute_metrics(labels, prediction.scores, masks, maps)
-    )
+    metrics: dict[str, float | None] = dict(compute_metrics(labels, prediction.scores, masks, maps))
     flagged = prediction.labels
     good, bad = labels == 0, labels == 1
     metrics["threshold_fpr"] = (
@@ -80,7 +78,9 @@ def evaluate(
     metrics["threshold_tpr"] = (
         float(flagged[bad].mean()) if flagged is not None and bad.any() else None
     )
-    metrics["latency_ms"] = measure_latency(detector, runs=latency_runs) if latency_runs else None
+    metrics["latency_ms"] = (
+        measure_latency(detector, dataset[0]["image"], runs=latency_runs) if latency_runs else None
+    )
     metrics["throughput_ips"] = len(labels) / wall
     metrics["train_seconds"] = detector.train_seconds_
     info = {
@@ -114,16 +114,16 @@ def write_evaluation(
     markdown = evaluation_markdown(evaluation.metrics, config, title)
     examples = save_examples(evaluation, detector, out / "examples", n_examples)
     if examples:
-        markdown += "\n## Examples\n\n" + "\n".join(
-            f"![{p.stem}](examples/{p.name})" for p in examples
-        ) + "\n"
+        markdown += (
+            "\n## Examples\n\n"
+            + "\n".join(f"![{p.stem}](examples/{p.name})" for p in examples)
+            + "\n"
+        )
     (out / "report.md").write_text(markdown)
     return out
 
 
-def save_examples(
-    evaluation: Evaluation, detector: Detector, out_dir: Path, n: int
-) -> list[Path]:
+def save_examples(evaluation: Evaluation, detector: Detector, out_dir: Path, n: int) -> list[Path]:
     """Overlays of the ``n`` highest-scoring and ``n`` lowest-scoring test images."""
     pred = evaluation.prediction
     if n <= 0 or not pred.paths or not pred.paths[0]:

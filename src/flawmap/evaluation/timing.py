@@ -11,14 +11,24 @@ from flawmap.models.base import Detector
 
 
 @torch.inference_mode()
-def measure_latency(detector: Detector, runs: int = 20, warmup: int = 3, seed: int = 0) -> float:
+def measure_latency(
+    detector: Detector,
+    image: torch.Tensor | None = None,
+    runs: int = 20,
+    warmup: int = 3,
+    seed: int = 0,
+) -> float:
     """Median milliseconds of one forward pass (backbone + head + post-processing), batch 1.
 
-    The image is a fixed random tensor of the model's input size; data loading is excluded.
+    ``image`` (3, H, W) should be a real image of the kind inspected: search costs can depend on
+    the content (PatchCore's pruned search is fastest for in-distribution patches, slowest for
+    pure noise). Without one, a fixed random image is used. Data loading is excluded.
     """
     module = detector._fitted_module()
     h, w = detector.transform.output_size
-    image = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    if image is None:
+        image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed))
+    image = image[None]
     for _ in range(warmup):
         module(image)
     times = []
