@@ -5,10 +5,12 @@
   finest grid and the maps are concatenated.
 - Memory bank (§3.2, Algorithm 1): greedy k-center coreset of all training patch features,
   ``coreset_ratio`` of them, selected on a seeded random projection (``projection_dim``);
-  the selection is identical to the naive greedy loop but pruned with the triangle inequality
+  the selection is identical to the naive greedy loop, made fast by lazy max-distance updates
+  and principal-direction lower bounds in a compiled loop
   (:mod:`flawmap.models.patchcore.sampler`).
 - Scoring (eq. 6): a test patch's score is its Euclidean distance to the nearest bank entry,
-  found exactly by :mod:`flawmap.models.patchcore.search` in bounded memory. The map is
+  found exactly by :mod:`flawmap.models.patchcore.search` in bounded memory (k-means cluster
+  pruning where the bank has structure, a chunked GEMM where it has not). The map is
   upsampled and smoothed; the image score is the map's maximum (the paper's eq. 7 re-weighting
   is not applied: the max keeps image labels and map regions consistent).
 """
