@@ -121,7 +121,14 @@ def main() -> None:
             records.append(record)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out.parent / "foundation.json").write_text(json.dumps(records, indent=2) + "\n")
+    results = out.parent / "foundation.json"
+    if results.is_file():  # a partial rerun replaces only its own (model, category) rows
+        fresh = {(r["model"], r["category"]) for r in records}
+        kept = [
+            r for r in json.loads(results.read_text()) if (r["model"], r["category"]) not in fresh
+        ]
+        records = sorted(kept + records, key=lambda r: (r["category"], r["model"]))
+    results.write_text(json.dumps(records, indent=2) + "\n")
     command = "python benchmarks/foundation.py " + " ".join(sys.argv[1:])
     (out.parent / "foundation.md").write_text(f"Command: `{command}`\n\n{table(records)}\n")
     print(table(records))

@@ -122,8 +122,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     detector.fit(train, progress=not args.quiet)
     out = detector.save(args.out)
     print(
-        f"fitted in {detector.train_seconds_:.1f} s; threshold {detector.threshold}; "
-        f"saved to {out}"
+        f"fitted in {detector.train_seconds_:.1f} s; threshold {detector.threshold}; saved to {out}"
     )
     return 0
 
@@ -138,9 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     detector = load_model(args.model_dir)
     test = MVTecDataset(args.data, "test", transform=detector.transform)
     result = evaluate(detector, test, progress=not args.quiet, latency_runs=args.latency_runs)
-    out = write_evaluation(
-        result, detector, args.out, title=f"{detector.name} on {test.category}"
-    )
+    out = write_evaluation(result, detector, args.out, title=f"{detector.name} on {test.category}")
     rows = [{"metric": markdown.metric_label(k), "value": v} for k, v in result.metrics.items()]
     print(markdown.metrics_table(rows))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
@@ -183,8 +180,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 {
                     "path": str(path),
                     "score": float(pred.scores[i]),
-                    "label": None if pred.labels is None else
-                    ("defective" if pred.labels[i] else "good"),
+                    "label": None
+                    if pred.labels is None
+                    else ("defective" if pred.labels[i] else "good"),
                     "threshold": pred.threshold,
                 }
             )
@@ -208,9 +206,9 @@ def _resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(h, w) float map -> (H, W) at the original image's size (PIL size = (W, H))."""
     from PIL import Image
 
-    return np.asarray(Image.fromarray(amap.astype(np.float32), mode="F").resize(
-        size, Image.Resampling.BILINEAR
-    ))
+    return np.asarray(
+        Image.fromarray(amap.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
+    )
 
 
 def _relative(path: Path, roots: list[Path]) -> Path:
@@ -270,12 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, help="category folder with train/ test/")
     p.add_argument("--model", required=True, help="model name (see `flawmap models`)")
     p.add_argument("--backbone", default=None, help="backbone name (see `flawmap models`)")
-    p.add_argument("--weights", default=None,
-                   help="'pretrained' (default), 'random', or a local weights file")
+    p.add_argument(
+        "--weights", default=None, help="'pretrained' (default), 'random', or a local weights file"
+    )
     p.add_argument("--image-size", type=_image_size, default=None, help="N or HxW (default 256)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="any model constructor argument, repeatable (e.g. coreset_ratio=0.01)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any model constructor argument, repeatable (e.g. coreset_ratio=0.01)",
+    )
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
     common(p)
     p.set_defaults(func=cmd_fit)
@@ -292,10 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", type=Path)
     p.add_argument("paths", nargs="+", type=Path, help="image files or folders (recursive)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--save-maps", action="store_true",
-                   help="also write raw float maps as TIFF at each image's original size")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="override the model's learned threshold")
+    p.add_argument(
+        "--save-maps",
+        action="store_true",
+        help="also write raw float maps as TIFF at each image's original size",
+    )
+    p.add_argument(
+        "--threshold", type=float, default=None, help="override the model's learned threshold"
+    )
     common(p)
     p.set_defaults(func=cmd_predict)
 

@@ -36,8 +36,10 @@ def run_demo(
     kwargs = {"cell_type": cell_type, "seed": seed, "transform": detector.transform}
     train = ElpvDataset("train", max_images=max_train, **kwargs)
     test = ElpvDataset("test", max_images=max_test, **kwargs)
-    print(f"ELPV {cell_type} cells: {len(train)} good for training, {len(test)} for testing "
-          f"({int((test.labels == 1).sum())} defective)")
+    print(
+        f"ELPV {cell_type} cells: {len(train)} good for training, {len(test)} for testing "
+        f"({int((test.labels == 1).sum())} defective)"
+    )
     detector.fit(train, progress=progress)
     detector.save(out / "model")
     result = evaluate(detector, test, progress=progress)
@@ -52,12 +54,21 @@ def run_demo(
             overlay = heatmap_overlay(image, pred.maps[i], vmin, vmax, threshold=pred.threshold)
             truth = "defective" if result.labels[i] == 1 else "good"
             decided = "defective" if pred.labels is not None and pred.labels[i] else "good"
-            shown.append((overlay, f"{Path(pred.paths[i]).name} — score {pred.scores[i]:.3f} — "
-                                   f"flagged {decided} (truth: {truth})"))
+            shown.append(
+                (
+                    overlay,
+                    f"{Path(pred.paths[i]).name} — score {pred.scores[i]:.3f} — "
+                    f"flagged {decided} (truth: {truth})",
+                )
+            )
         return shown
 
-    config = {"model": detector.name, "params": detector.get_params(), **result.info,
-              "data": f"elpv-dataset, {cell_type} cells, train {len(train)}, test {len(test)}"}
+    config = {
+        "model": detector.name,
+        "params": detector.get_params(),
+        **result.info,
+        "data": f"elpv-dataset, {cell_type} cells, train {len(train)}, test {len(test)}",
+    }
     (out / "metrics.json").write_text(
         json.dumps({**result.metrics, "config": config}, indent=2) + "\n"
     )
@@ -73,7 +84,8 @@ def run_demo(
         notes=[
             "ELPV has image-level labels only, so pixel metrics are not defined here.",
             f"Threshold {pred.threshold:.3f} learned from held-out good training cells only."
-            if pred.threshold is not None else "No threshold learned.",
+            if pred.threshold is not None
+            else "No threshold learned.",
             OVERLAY_LEGEND,
         ],
     )

@@ -124,28 +124,37 @@ def write_evaluation(
 
 
 def save_examples(evaluation: Evaluation, detector: Detector, out_dir: Path, n: int) -> list[Path]:
-    """Overlays of the ``n`` highest-scoring and ``n`` lowest-scoring test images."""
+    """Overlays for a reader judging the heatmaps: the ``n`` most and least anomalous images,
+    and the failure cases: the ``n`` highest-scoring good images (false alarms first) and the
+    ``n`` lowest-scoring defective images (misses first).
+    """
     pred = evaluation.prediction
     if n <= 0 or not pred.paths or not pred.paths[0]:
         return []
-    order = np.argsort(-pred.scores)
-    chosen = list(dict.fromkeys([*order[:n].tolist(), *order[-n:].tolist()]))
+    order = np.argsort(-pred.scores, kind="stable")
+    labels = evaluation.labels
+    groups = {
+        "top": order[:n],
+        "bottom": order[::-1][:n],
+        "good_high": [i for i in order if labels[i] == 0][:n],
+        "defect_low": [i for i in order[::-1] if labels[i] == 1][:n],
+    }
     vmin, vmax = display_range(pred)
-    saved = []
     masks = pred.targets.get("mask")
-    for rank, i in enumerate(chosen):
-        image = np.asarray(
-            load_image(pred.paths[i]).resize(pred.maps[i].shape[::-1]), dtype=np.uint8
-        )
-        gt = masks[i, 0] > 0.5 if masks is not None and evaluation.labels[i] == 1 else None
-        overlay = heatmap_overlay(
-            image, pred.maps[i], vmin, vmax, threshold=pred.threshold, gt_mask=gt
-        )
-        title = f"score {pred.scores[i]:.3g}" + (
-            f" ({'defective' if pred.labels[i] else 'good'})" if pred.labels is not None else ""
-        )
-        strip = side_by_side([image, overlay], [Path(pred.paths[i]).name, title])
-        saved.append(save_png(strip, out_dir / f"{rank:02d}_{Path(pred.paths[i]).stem}.png"))
+    saved = []
+    for group, indices in groups.items():
+        for rank, i in enumerate(indices):
+            name = Path(pred.paths[i])
+            image = np.asarray(load_image(name).resize(pred.maps[i].shape[::-1]), dtype=np.uint8)
+            gt = masks[i, 0] > 0.5 if masks is not None and labels[i] == 1 else None
+            overlay = heatmap_overlay(
+                image, pred.maps[i], vmin, vmax, threshold=pred.threshold, gt_mask=gt
+            )
+            truth = "defective" if labels[i] == 1 else "good"
+            decided = "" if pred.labels is None else (", flagged" if pred.labels[i] else ", passed")
+            title = f"{truth}: score {pred.scores[i]:.3g}{decided}"
+            strip = side_by_side([image, overlay], [f"{name.parent.name}/{name.name}", title])
+            saved.append(save_png(strip, out_dir / f"{group}_{rank:02d}_{name.stem}.png"))
     return saved
 
 
