@@ -16,6 +16,13 @@ Data path (paper §3.1-3.6):
 
 Model selection never looks at test data: the weights of the last epoch are kept (the original
 SimpleNet code keeps the epoch with the best *test* AUROC; we do not).
+
+Known limitation (work in progress): with ``tf_efficientnet_lite0`` features (152 channels,
+std ~1.2) the paper's sigma = 0.015 is ~1 % of the feature scale and the discriminator does not
+learn within a CPU schedule (training loss stays at 1.0 = D(q) = D(q-)); the paper's setting
+relies on WideResNet-50 features embedded in 1536 dimensions. Choosing sigma (or a feature
+scaling) by a training-only criterion — held-out good images plus synthetic defects — is the
+planned fix; do not read the defaults as tuned.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ import numba
 import numpy as np
 
 from flawmap.errors import ConfigError
+from flawmap.models.patchcore.search import _as_matrix
 
 __all__ = [
     "CoresetSampler",
@@ -87,17 +88,7 @@ class CoresetSampler(Protocol):
 
 def _as_features(features: np.ndarray, name: str = "features") -> np.ndarray:
     """(N, d) float32 C-contiguous, N >= 1, d >= 1, all finite; else ConfigError."""
-    array = np.asarray(features)
-    if array.ndim != 2:
-        raise ConfigError(f"{name} must be a 2-D array (N, d), got shape {array.shape}")
-    if array.shape[0] < 1 or array.shape[1] < 1:
-        raise ConfigError(f"{name} must have at least one row and one column, got {array.shape}")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise ConfigError(f"{name} must be numeric, got dtype {array.dtype}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
-        raise ConfigError(f"{name} contain NaN or infinite values (or overflow float32)")
-    return array
+    return _as_matrix(features, name)
 
 
 def _as_count(value: object, name: str, low: int, high: int) -> int:
