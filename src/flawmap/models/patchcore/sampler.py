@@ -294,19 +294,25 @@ def _sqdist(x: np.ndarray, i: int, y: np.ndarray, j: int) -> float:
     return acc
 
 
+@numba.njit(cache=True, inline="always")
+def _tree_node(key: np.ndarray, idx: np.ndarray, i: int) -> None:
+    """Tournament node ``i`` takes its larger child (ties to the lower index)."""
+    left = 2 * i
+    right = left + 1
+    if key[left] > key[right] or (key[left] == key[right] and idx[left] < idx[right]):
+        key[i] = key[left]
+        idx[i] = idx[left]
+    else:
+        key[i] = key[right]
+        idx[i] = idx[right]
+
+
 @numba.njit(cache=True)
 def _tree_fix(key: np.ndarray, idx: np.ndarray, leaf: int) -> None:
     """Re-run the tournament from ``leaf`` to the root: larger key wins, ties to lower index."""
     i = leaf >> 1
     while i >= 1:
-        left = 2 * i
-        right = left + 1
-        if key[left] > key[right] or (key[left] == key[right] and idx[left] < idx[right]):
-            key[i] = key[left]
-            idx[i] = idx[left]
-        else:
-            key[i] = key[right]
-            idx[i] = idx[right]
+        _tree_node(key, idx, i)
         i >>= 1
 
 
@@ -352,14 +358,7 @@ def _lazy_greedy(
         idx[size + p] = size + p
     key[size + start] = -1.0
     for i in range(size - 1, 0, -1):
-        left = 2 * i
-        right = left + 1
-        if key[left] > key[right] or (key[left] == key[right] and idx[left] < idx[right]):
-            key[i] = key[left]
-            idx[i] = idx[left]
-        else:
-            key[i] = key[right]
-            idx[i] = idx[right]
+        _tree_node(key, idx, i)
 
     for t in range(1, n_select):
         while True:
