@@ -148,6 +148,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
     from flawmap.data import PathsDataset, load_image
+    from flawmap.evaluation import display_range
     from flawmap.models import load_model
     from flawmap.report import heatmap_overlay, save_float_tiff, save_png
 
@@ -166,7 +167,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         part = Subset(dataset, range(start, min(start + chunk, len(dataset))))
         pred = detector.predict(part, progress=not args.quiet)
         if vmin is None:
-            vmin, vmax = _display_range(pred.maps, pred.threshold)
+            vmin, vmax = display_range(pred)
         for i, path_text in enumerate(pred.paths):
             path = Path(path_text)
             relative = _relative(path, roots)
@@ -194,12 +195,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     flagged = sum(r["label"] == "defective" for r in rows)
     print(f"{len(rows)} images scored, {flagged} flagged defective; results in {out}")
     return 0
-
-
-def _display_range(maps: np.ndarray, threshold: float | None) -> tuple[float, float]:
-    low = float(np.percentile(maps, 1))
-    high = max(float(maps.max()), threshold if threshold is not None else -np.inf)
-    return low, max(high, low + 1e-6)
 
 
 def _resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from flawmap.data import ElpvDataset, load_image
-from flawmap.evaluation import display_range, evaluate
+from flawmap.data import ElpvDataset
+from flawmap.evaluation import display_range, evaluate, example_overlay
 from flawmap.models import PatchCore
-from flawmap.report import OVERLAY_LEGEND, heatmap_overlay, write_html_report
+from flawmap.report import OVERLAY_LEGEND, write_html_report
 
 N_SHOWN = 6
 
@@ -50,8 +50,7 @@ def run_demo(
     def cards(indices: np.ndarray) -> list[tuple[np.ndarray, str]]:
         shown = []
         for i in indices:
-            image = np.asarray(load_image(pred.paths[i]).resize(pred.maps[i].shape[::-1]))
-            overlay = heatmap_overlay(image, pred.maps[i], vmin, vmax, threshold=pred.threshold)
+            _, overlay = example_overlay(pred, i, vmin, vmax)
             truth = "defective" if result.labels[i] == 1 else "good"
             decided = "defective" if pred.labels is not None and pred.labels[i] else "good"
             shown.append(

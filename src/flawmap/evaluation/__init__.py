@@ -7,6 +7,7 @@ from flawmap.evaluation.evaluate import (
     Evaluation,
     display_range,
     evaluate,
+    example_overlay,
     save_examples,
     write_evaluation,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "Evaluation",
     "display_range",
     "evaluate",
+    "example_overlay",
     "measure_latency",
     "save_examples",
     "write_evaluation",

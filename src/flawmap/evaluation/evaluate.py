@@ -145,17 +145,25 @@ def save_examples(evaluation: Evaluation, detector: Detector, out_dir: Path, n: 
     for group, indices in groups.items():
         for rank, i in enumerate(indices):
             name = Path(pred.paths[i])
-            image = np.asarray(load_image(name).resize(pred.maps[i].shape[::-1]), dtype=np.uint8)
             gt = masks[i, 0] > 0.5 if masks is not None and labels[i] == 1 else None
-            overlay = heatmap_overlay(
-                image, pred.maps[i], vmin, vmax, threshold=pred.threshold, gt_mask=gt
-            )
+            image, overlay = example_overlay(pred, i, vmin, vmax, gt)
             truth = "defective" if labels[i] == 1 else "good"
             decided = "" if pred.labels is None else (", flagged" if pred.labels[i] else ", passed")
             title = f"{truth}: score {pred.scores[i]:.3g}{decided}"
             strip = side_by_side([image, overlay], [f"{name.parent.name}/{name.name}", title])
             saved.append(save_png(strip, out_dir / f"{group}_{rank:02d}_{name.stem}.png"))
     return saved
+
+
+def example_overlay(
+    pred: Prediction, i: int, vmin: float, vmax: float, gt_mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``i`` at the map's size and its heatmap overlay (threshold outline, optional gt)."""
+    image = np.asarray(load_image(pred.paths[i]).resize(pred.maps[i].shape[::-1]), dtype=np.uint8)
+    overlay = heatmap_overlay(
+        image, pred.maps[i], vmin, vmax, threshold=pred.threshold, gt_mask=gt_mask
+    )
+    return image, overlay
 
 
 def display_range(pred: Prediction) -> tuple[float, float]:

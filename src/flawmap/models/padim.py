@@ -13,7 +13,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 from torch.utils.data import Dataset
@@ -21,6 +20,7 @@ from torch.utils.data import Dataset
 from flawmap.backbones import FeatureExtractor
 from flawmap.errors import ConfigError, DataError
 from flawmap.models.base import AnomalyModule, Detector, register_model
+from flawmap.models.features import concat_on_finest_grid
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -83,10 +83,8 @@ class PadimModule(AnomalyModule):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) -> embeddings (B, d, h, w) on the finest chosen grid."""
-        features = self.extractor(images)
-        size = features[0].shape[-2:]
-        maps = [features[0]] + [F.interpolate(f, size=size, mode="nearest") for f in features[1:]]
-        return torch.cat(maps, dim=1).index_select(1, self.channel_index)
+        maps = concat_on_finest_grid(self.extractor(images), mode="nearest")
+        return maps.index_select(1, self.channel_index)
 
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
         emb = self.embed(images)

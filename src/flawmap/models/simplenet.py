@@ -35,8 +35,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from flawmap.backbones import FeatureExtractor
-from flawmap.errors import ConfigError, DataError
+from flawmap.errors import DataError
 from flawmap.models.base import AnomalyModule, Detector, register_model
+from flawmap.models.features import check_patch_size, local_patch_features
 from flawmap.training import TrainingHistory, run_epochs
 
 
@@ -91,8 +92,7 @@ class SimpleNetModule(AnomalyModule):
         hidden_dim: int | None,
     ) -> None:
         super().__init__(extractor, smoothing_sigma)
-        if patch_size < 1 or patch_size % 2 == 0:
-            raise ConfigError(f"patch_size must be an odd integer >= 1, got {patch_size}")
+        check_patch_size(patch_size)
         dim = embed_dim or sum(extractor.channels)
         self.embed_dim = dim
         self.patch_size = patch_size
@@ -107,13 +107,7 @@ class SimpleNetModule(AnomalyModule):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) -> projected local features o (B, embed_dim, h, w)."""
-        p = self.patch_size
-        maps = [F.avg_pool2d(f, p, stride=1, padding=p // 2) for f in self.extractor(images)]
-        size = maps[0].shape[-2:]
-        maps = [maps[0]] + [
-            F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]
-        ]
-        out = torch.cat(maps, dim=1)
+        out = local_patch_features(self.extractor(images), self.patch_size)
         b, c, h, w = out.shape
         if c != self.embed_dim:
             flat = out.permute(0, 2, 3, 1).reshape(-1, 1, c)

@@ -21,13 +21,13 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 from torch.utils.data import Dataset
 
 from flawmap.backbones import FeatureExtractor
 from flawmap.errors import ConfigError, DataError
 from flawmap.models.base import AnomalyModule, Detector, register_model
+from flawmap.models.features import check_patch_size, local_patch_features
 from flawmap.models.patchcore.sampler import GreedyCoresetSampler, RandomSampler
 from flawmap.models.patchcore.search import BruteForceSearch, ClusterPrunedSearch
 
@@ -48,9 +48,7 @@ class PatchCoreModule(AnomalyModule):
         seed: int,
     ) -> None:
         super().__init__(extractor, smoothing_sigma)
-        if patch_size < 1 or patch_size % 2 == 0:
-            raise ConfigError(f"patch_size must be an odd integer >= 1, got {patch_size}")
-        self.patch_size = patch_size
+        self.patch_size = check_patch_size(patch_size)
         self.search_name = search
         self.seed = seed
         self.register_buffer("memory_bank", torch.zeros(0, sum(extractor.channels)))
@@ -59,14 +57,7 @@ class PatchCoreModule(AnomalyModule):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) -> locally aware patch features (B, D, h, w)."""
-        features = self.extractor(images)
-        p = self.patch_size
-        features = [F.avg_pool2d(f, p, stride=1, padding=p // 2) for f in features]
-        size = features[0].shape[-2:]
-        resized = [features[0]] + [
-            F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in features[1:]
-        ]
-        return torch.cat(resized, dim=1)
+        return local_patch_features(self.extractor(images), self.patch_size)
 
     def index(self) -> BruteForceSearch | ClusterPrunedSearch:
         """The nearest-neighbour index over ``memory_bank``, rebuilt when the bank changes."""
