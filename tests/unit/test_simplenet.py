@@ -81,3 +81,33 @@ def test_training_lowers_the_loss(name: str) -> None:
     losses = model.history_.epoch_losses
     assert len(losses) == 20
     assert losses[-1] < 0.5 * losses[0]
+
+
+def _toy_images(n: int, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    images = torch.from_numpy(np.stack([textured_image(rng) for _ in range(n)]))
+    return images.permute(0, 3, 1, 2).float() / 255
+
+
+@pytest.mark.parametrize("scaling", [True, False])
+def test_feature_scaling_makes_noise_relative(scaling: bool) -> None:
+    images = _toy_images(6)
+    model = SimpleNet(
+        weights="random",
+        image_size=64,
+        epochs=1,
+        feature_scaling=scaling,
+        threshold_holdout=0.0,
+    ).fit(images)
+    module = model.module_
+    with torch.inference_mode():
+        feats = module.features(images)
+    flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).double()
+    rms_std = flat.var(dim=0).mean().sqrt().item()
+    if scaling:
+        # the stored scale is the raw features' RMS per-channel std: scaled features have 1
+        assert rms_std == pytest.approx(1.0, rel=1e-4)
+        assert module.feature_scale.item() != 1.0
+    else:
+        assert module.feature_scale.item() == 1.0
+        assert rms_std != pytest.approx(1.0, rel=1e-2)

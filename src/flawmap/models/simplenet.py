@@ -72,6 +72,16 @@ def simplenet_loss(
     return loss.mean()
 
 
+def feature_rms_std(features: torch.Tensor) -> float:
+    """(P, C) features -> sqrt of the mean per-channel variance (one scalar feature scale)."""
+    if len(features) < 2:
+        raise DataError("need at least two feature positions to estimate the feature scale")
+    scale = float(features.double().var(dim=0).mean().sqrt())
+    if not scale > 0:
+        raise DataError("the training features are constant: are all training images identical?")
+    return scale
+
+
 def add_gaussian_noise(
     features: torch.Tensor, sigma: float, generator: torch.Generator
 ) -> torch.Tensor:
@@ -97,6 +107,9 @@ class SimpleNetModule(AnomalyModule):
         self.embed_dim = dim
         self.patch_size = patch_size
         hidden = hidden_dim or dim
+        # Features are divided by this scalar (fitted: their RMS per-channel std on the training
+        # set, or 1 with feature_scaling=False), so noise_sigma is relative to the feature scale.
+        self.register_buffer("feature_scale", torch.ones(()))
         self.adaptor = nn.Linear(dim, dim, bias=False)  # G, eq. 3.5
         self.discriminator = nn.Sequential(
             nn.Linear(dim, hidden),
@@ -113,7 +126,7 @@ class SimpleNetModule(AnomalyModule):
             flat = out.permute(0, 2, 3, 1).reshape(-1, 1, c)
             flat = F.adaptive_avg_pool1d(flat, self.embed_dim)
             out = flat.reshape(b, h, w, self.embed_dim).permute(0, 3, 1, 2)
-        return out.contiguous()
+        return (out / self.feature_scale).contiguous()
 
     def score_features(self, features: torch.Tensor) -> torch.Tensor:
         """(P, embed_dim) features o -> (P,) discriminator scores D(G(o))."""
@@ -134,7 +147,11 @@ class SimpleNet(Detector):
         embed_dim: projected feature size (``None`` = the stages' channel sum; paper 1536).
         hidden_dim: discriminator hidden size (``None`` = ``embed_dim``).
         patch_size: neighbourhood of the local average (paper p = 3).
-        noise_sigma: std of the anomalous-feature noise (paper 0.015).
+        noise_sigma: std of the anomalous-feature noise, in units of the feature scale when
+            ``feature_scaling`` (the default; chosen on training data only, see BENCHMARKS.md),
+            absolute otherwise (the paper's 0.015 with WideResNet-50 features).
+        feature_scaling: divide features by their RMS per-channel std on the training set
+            (a stored buffer), making ``noise_sigma`` independent of the backbone's scale.
         th_pos, th_neg: truncation thresholds of eq. 3.10 (paper 0.5, 0.5).
         epochs: training epochs (CPU default; the paper trains 160, see ``PAPER_SCHEDULE``).
         train_batch_size: images per optimisation step (paper 4).
@@ -159,6 +176,7 @@ class SimpleNet(Detector):
         hidden_dim: int | None = None,
         patch_size: int = 3,
         noise_sigma: float = 0.015,
+        feature_scaling: bool = True,
         th_pos: float = 0.5,
         th_neg: float = 0.5,
         epochs: int = 40,
@@ -172,6 +190,7 @@ class SimpleNet(Detector):
         self.hidden_dim = hidden_dim
         self.patch_size = patch_size
         self.noise_sigma = noise_sigma
+        self.feature_scaling = feature_scaling
         self.th_pos = th_pos
         self.th_neg = th_neg
         self.epochs = epochs
@@ -217,6 +236,10 @@ class SimpleNet(Detector):
             )
         # (N, h*w, C): the frozen backbone runs once per image; epochs cost only G and D.
         cached = cached.flatten(2).transpose(1, 2).contiguous().clone()
+        if self.feature_scaling:
+            scale = feature_rms_std(cached.reshape(-1, cached.shape[-1]))
+            module.feature_scale.fill_(scale)
+            cached /= scale
         params = [*module.adaptor.parameters(), *module.discriminator.parameters()]
         optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         module.adaptor.train()
