@@ -82,13 +82,20 @@ def main() -> None:
             }
             records.append(record)
             print(json.dumps(record), flush=True)
+    name = f"{args.model}_noise_selection"
+    previous = out / f"{name}.json"
+    if previous.is_file():  # a rerun with other sigmas adds to (or replaces) earlier rows
+        key = ("category", "noise_sigma", "epochs", "seed")
+        fresh = {tuple(r[k] for k in key) for r in records}
+        old = json.loads(previous.read_text())["records"]
+        records = [r for r in old if tuple(r[k] for k in key) not in fresh] + records
+        records.sort(key=lambda r: (r["category"], r["noise_sigma"]))
     by_sigma: dict[float, list[float]] = {}
     for r in records:
         by_sigma.setdefault(r["noise_sigma"], []).append(objective(r))
     means = {s: sum(v) / len(v) for s, v in by_sigma.items()}
     best = max(sorted(means), key=lambda s: (means[s], -s))
     summary = {"selected_noise_sigma": best, "objective_by_sigma": means, "records": records}
-    name = f"{args.model}_noise_selection"
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
         f"# {args.model}: noise_sigma chosen on training data only",

@@ -243,6 +243,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import re
+
+    from flawmap.report.markdown import metric_label
+    from flawmap.stats import (
+        compare,
+        comparison_markdown,
+        critical_difference_diagram,
+        load_records,
+        parse_method_key,
+        score_table,
+    )
+
+    records = load_records(args.results)
+    method_key = parse_method_key(args.method_key)
+    better = {"auto": None, "higher": True, "lower": False}[args.better]
+    tables = [
+        score_table(records, m, method_key=method_key, average_seeds=args.average_seeds)
+        for m in dict.fromkeys(args.metric)
+    ]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for table in tables:
+        result = compare(
+            table, alpha=args.alpha, higher_is_better=better, zero_method=args.zero_method
+        )
+        stem = re.sub(r"[^\w.-]", "_", table.metric)
+        (out / f"compare_{stem}.md").write_text(comparison_markdown(result))
+        (out / f"compare_{stem}.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        unit = "categories" if table.seeds_averaged else "blocks"
+        title = f"{metric_label(table.metric)}: average rank over {len(table.blocks)} {unit}"
+        for ext in ("png", "svg"):
+            critical_difference_diagram(
+                result.average_ranks, result.pairs, out / f"cd_{stem}.{ext}",
+                alpha=args.alpha, title=title,
+            )  # fmt: skip
+        if not args.quiet:
+            print(comparison_markdown(result, per_block=False))
+        print(
+            f"wrote compare_{stem}.md, compare_{stem}.json, cd_{stem}.png, cd_{stem}.svg in {out}"
+        )
+    return 0
+
+
 # ------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -311,6 +355,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test", type=int, default=None, help="cap on test cells")
     common(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "compare",
+        help="compare methods over categories/seeds: Wilcoxon + Holm, ranks, CD diagram",
+        description="Pairwise two-sided Wilcoxon signed-rank tests with Holm-Bonferroni "
+        "correction, average ranks and a critical-difference diagram per metric, from "
+        "benchmark result files (JSON list of records, or CSV with the same columns).",
+    )
+    p.add_argument("results", nargs="+", type=Path, help="result files (.json or .csv)")
+    p.add_argument(
+        "--metric", action="append", required=True, help="metric key, repeatable (e.g. pixel_ap)"
+    )
+    p.add_argument(
+        "--method-key",
+        default=None,
+        help="comma-separated record fields naming a method, e.g. model,params.loss "
+        "(default: model plus the params that differ between its runs)",
+    )
+    p.add_argument(
+        "--average-seeds",
+        action="store_true",
+        help="average each method's seeds per category first (blocks = categories)",
+    )
+    p.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level")
+    p.add_argument(
+        "--zero-method",
+        choices=("wilcox", "pratt", "zsplit"),
+        default="wilcox",
+        help="how zero differences are handled (scipy.stats.wilcoxon)",
+    )
+    p.add_argument(
+        "--better",
+        choices=("auto", "higher", "lower"),
+        default="auto",
+        help="which direction is better (auto: lower for times, memory and losses)",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    common(p)
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -84,7 +84,7 @@ def test_models_command_lists_the_registry(capsys: pytest.CaptureFixture) -> Non
     assert "patchcore" in out and "padim" in out and "tf_efficientnet_lite0 (default)" in out
 
 
-@pytest.mark.parametrize("command", ["fit", "evaluate", "predict", "models", "demo"])
+@pytest.mark.parametrize("command", ["fit", "evaluate", "predict", "models", "demo", "compare"])
 def test_every_command_has_help(command: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "flawmap.cli", command, "--help"],

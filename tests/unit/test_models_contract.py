@@ -20,6 +20,7 @@ FAST_PARAMS: dict[str, dict[str, Any]] = {
     "patchcore": {"coreset_ratio": 0.25},
     "simplenet": {"epochs": 2},
     "trisimplenet": {"epochs": 2},
+    "fcdd": {"epochs": 1, "passes_per_epoch": 1},
 }
 COMMON = {"weights": "random", "image_size": 64, "batch_size": 4, "threshold_holdout": 0.25}
 

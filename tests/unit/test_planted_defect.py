@@ -20,6 +20,7 @@ FAST_PARAMS = {
     # toy data: larger defect noise and lr than the paper (see test_simplenet.py)
     "simplenet": {"epochs": 30, "lr": 1e-3, "noise_sigma": 0.3},
     "trisimplenet": {"epochs": 30, "lr": 1e-3, "noise_sigma": 0.3},
+    "fcdd": {"epochs": 3},
 }
 
 

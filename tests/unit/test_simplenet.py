@@ -60,6 +60,9 @@ def test_noise_scales_sigma_and_sigma_prime_are_applied() -> None:
     assert parts[1].std().item() == pytest.approx(0.015, rel=0.02)
     assert parts[2].std().item() == pytest.approx(0.00015, rel=0.02)
     assert len(SimpleNet().synthesize(q, torch.Generator().manual_seed(0))) == 2
+    # by default sigma' keeps the paper's ratio sigma / 100
+    default = TrisimpleNet(noise_sigma=0.3).synthesize(q, torch.Generator().manual_seed(0))
+    assert default[2].std().item() == pytest.approx(0.003, rel=0.02)
 
 
 @pytest.mark.parametrize("name", ["simplenet", "trisimplenet"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +87,19 @@ def resolve_layers(
     return tuple(out)
 
 
+def _truncate_unused_blocks(net: nn.Module) -> None:
+    """Drop the blocks an EfficientNet-style features net runs after its last output stage.
+
+    timm's ``EfficientNetFeatures`` runs every block whatever ``out_indices`` asks for (its
+    ``forward`` appends the output after block ``i`` when ``i + 1`` is an output stage); other
+    timm feature nets are already cut after their last output, and are left as they are.
+    """
+    out_idx = getattr(net, "_stage_out_idx", None)
+    blocks = getattr(net, "blocks", None)
+    if out_idx and isinstance(blocks, nn.Sequential) and getattr(net, "feature_hooks", 1) is None:
+        net.blocks = blocks[: max(out_idx)]
+
+
 def _stage_table(stages: list[StageInfo]) -> str:
     return ", ".join(f"{s.index}={s.module}(C={s.channels}, stride={s.stride})" for s in stages)
 
@@ -104,6 +117,13 @@ class FeatureExtractor(nn.Module):
         weights: ``"pretrained"`` (resolved offline-first, see :mod:`flawmap.backbones.weights`),
             ``"random"`` (untrained, for tests), or the path of a local weights file.
         trainable: keep gradients (fine-tuning models); default frozen.
+        trainable_stages: partial fine-tuning (instead of ``trainable``): only the modules that
+            run after the output of stage ``max(layers) - trainable_stages`` (the last
+            ``trainable_stages`` backbone stages up to the last chosen one) get gradients and
+            follow ``train()``; everything before stays frozen and in eval mode (BatchNorm
+            statistics fixed). ``0`` = all frozen; ``None`` (default) = ``trainable`` decides.
+        truncate: drop backbone blocks after the last chosen stage that timm would still run
+            (EfficientNet-style backbones); same outputs, less compute, fewer state-dict keys.
     """
 
     def __init__(
@@ -112,12 +132,17 @@ class FeatureExtractor(nn.Module):
         layers: Sequence[LayerRef],
         weights: str = "pretrained",
         trainable: bool = False,
+        *,
+        trainable_stages: int | None = None,
+        truncate: bool = False,
     ) -> None:
         super().__init__()
         self.spec: BackboneSpec = get_backbone_spec(name)
         self.layers = resolve_layers(name, layers)
         self.weights_source = weights
         self.net = self._create(weights)
+        if truncate:
+            _truncate_unused_blocks(self.net)
         info = self.net.feature_info
         self.channels: tuple[int, ...] = tuple(info.channels())
         self.strides: tuple[int, ...] = tuple(info.reduction())
@@ -126,9 +151,71 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.trainable = trainable
+        #: Names (inside ``net``) of the modules fine-tuned with ``trainable_stages``.
+        self.trainable_modules: tuple[str, ...] = ()
+        if trainable_stages is not None:
+            if trainable:
+                raise ConfigError("give either trainable=True or trainable_stages, not both")
+            if isinstance(trainable_stages, bool) or not isinstance(trainable_stages, int):
+                raise ConfigError(f"trainable_stages must be an int >= 0, got {trainable_stages!r}")
+            if trainable_stages < 0:
+                raise ConfigError(f"trainable_stages must be >= 0, got {trainable_stages}")
+            self.trainable_modules = self._modules_after_stage(max(self.layers) - trainable_stages)
         if not trainable:
             self.net.requires_grad_(False)
+        for module_name in self.trainable_modules:
+            self.net.get_submodule(module_name).requires_grad_(True)
         self.eval()
+
+    def _modules_after_stage(self, boundary: int) -> tuple[str, ...]:
+        """Names of the parameterised modules of ``net`` that run after stage ``boundary``'s
+        output (from the start when ``boundary < 0``) up to the last chosen stage's output, in
+        execution order (found with one probe forward pass)."""
+        boundary_module = self._stage_module(boundary) if boundary >= 0 else None
+        last_module = self._stage_module(max(self.layers))
+        recording = [boundary_module is None]
+        order: list[str] = []
+        hooks = []
+        for module_name, module in self.net.named_modules():
+            if module_name and any(True for _ in module.parameters(recurse=False)):
+
+                def record(_m: nn.Module, _i: object, name: str = module_name) -> None:
+                    if recording[0] and name not in order:
+                        order.append(name)
+
+                hooks.append(module.register_forward_pre_hook(record))
+
+        def switch(on: bool) -> Callable[..., None]:
+            def hook(_m: nn.Module, _i: object, _o: object) -> None:
+                recording[0] = on
+
+            return hook
+
+        if boundary_module is not None:
+            hooks.append(boundary_module.register_forward_hook(switch(True)))
+        hooks.append(last_module.register_forward_hook(switch(False)))
+        size = max(32, 2 * max(self.strides))
+        try:
+            self.net.eval()
+            with torch.no_grad():
+                self.net(torch.zeros(1, 3, size, size))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return tuple(order)
+
+    def _stage_module(self, index: int) -> nn.Module:
+        """The module of ``net`` whose output is stage ``index`` (timm names, dots or
+        underscores for the flattened feature nets)."""
+        wanted = describe_stages(self.spec.name)[index].module
+        for candidate in (wanted, wanted.replace(".", "_")):
+            try:
+                return self.net.get_submodule(candidate)
+            except AttributeError:
+                continue
+        raise ConfigError(
+            f"cannot locate stage {index} ({wanted}) inside backbone {self.spec.name}"
+        )
 
     def _create(self, weights: str) -> nn.Module:
         spec = self.spec
@@ -159,8 +246,15 @@ class FeatureExtractor(nn.Module):
         )
 
     def train(self, mode: bool = True) -> FeatureExtractor:
-        """Frozen extractors stay in eval mode (BatchNorm statistics never change)."""
-        return super().train(mode and self.trainable)
+        """Frozen extractors stay in eval mode (BatchNorm statistics never change); with
+        ``trainable_stages`` only the fine-tuned modules follow ``mode``."""
+        if not self.trainable_modules:
+            return super().train(mode and self.trainable)
+        super().train(False)
+        for module_name in self.trainable_modules:
+            self.net.get_submodule(module_name).train(mode)
+        self.training = mode
+        return self
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images (B, 3, H, W) in [0, 1] -> list of (B, C_i, H/s_i, W/s_i)."""
