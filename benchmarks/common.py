@@ -17,13 +17,26 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASETS = ROOT.parent / "shared" / "datasets"
 CATEGORIES = {"bottle": "mvtec_ad/bottle", "magnetic_tile": "magnetic_tile"}
-RUN_KEY = ("model", "category", "seed")
+
+
+def method_label(record: dict[str, Any]) -> str:
+    """``model`` plus its non-default parameters, e.g. ``fcdd (loss=hsc_pixel)``."""
+    params = record.get("params") or {}
+    if not params:
+        return record["model"]
+    return f"{record['model']} ({', '.join(f'{k}={v}' for k, v in sorted(params.items()))})"
+
+
+def run_key(record: dict[str, Any]) -> tuple[str, str, int]:
+    """What identifies one run: (method, category, seed)."""
+    return (method_label(record), record["category"], int(record.get("seed", 0)))
 
 
 def run_single(args: argparse.Namespace) -> dict[str, Any]:
@@ -84,12 +97,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_in_subprocess(
-    args: argparse.Namespace, model: str, category: str, seed: int
+    args: argparse.Namespace,
+    model: str,
+    category: str,
+    seed: int,
+    params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One :func:`run_single` in a fresh interpreter; returns its record."""
+    """One :func:`run_single` in a fresh interpreter (``params`` overrides ``args.params``)."""
     cmd = [sys.executable, __file__, "--model", model, "--category", category, "--seed", str(seed)]
-    for flag in ("datasets", "backbone", "image_size", "threads", "out", "params"):
+    for flag in ("datasets", "backbone", "image_size", "threads", "out"):
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    cmd += ["--params", args.params if params is None else json.dumps(params)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -100,16 +118,12 @@ def run_in_subprocess(
 
 
 def merge_records(path: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Write ``records`` to ``path``, keeping earlier rows of other (model, category, seed)."""
-    fresh = {tuple(r.get(k, 0) for k in RUN_KEY) for r in records}
+    """Write ``records`` to ``path``, keeping earlier rows of other (method, category, seed)."""
+    fresh = {run_key(r) for r in records}
     kept = []
     if path.is_file():
-        kept = [
-            r
-            for r in json.loads(path.read_text())
-            if tuple(r.get(k, 0) for k in RUN_KEY) not in fresh
-        ]
-    merged = sorted(kept + records, key=lambda r: tuple(str(r.get(k, 0)) for k in RUN_KEY))
+        kept = [r for r in json.loads(path.read_text()) if run_key(r) not in fresh]
+    merged = sorted(kept + records, key=run_key)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(merged, indent=2) + "\n")
     return merged
@@ -119,11 +133,11 @@ Column = tuple[str, str, str]  # (record key, header, number format)
 
 
 def mean_std_table(records: list[dict[str, Any]], columns: list[Column]) -> str:
-    """Markdown table, one row per (model, category): 'mean ± std (n seeds)' per column."""
+    """Markdown table, one row per (method, category): 'mean ± std' over seeds per column."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
-        groups.setdefault((r["model"], r["category"]), []).append(r)
-    header = ["model", "category", "seeds", *(c[1] for c in columns)]
+        groups.setdefault((method_label(r), r["category"]), []).append(r)
+    header = ["method", "category", "seeds", *(c[1] for c in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (model, category), rows in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         cells = [model, category, str(len(rows))]
@@ -138,6 +152,36 @@ def mean_std_table(records: list[dict[str, Any]], columns: list[Column]) -> str:
                 cells.append(f"{fmt.format(statistics.fmean(values))} ± {fmt.format(std)}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+Run = tuple[str, dict[str, Any], str, int]  # (model, params, category, seed)
+
+
+def run_benchmark(
+    name: str,
+    runs: list[Run],
+    args: argparse.Namespace,
+    columns: list[Column],
+    preamble: str,
+    baselines: Sequence[dict[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """Run every (model, params, category, seed) in its own subprocess; merge the records into
+    ``benchmarks/results/<name>.json`` and write the mean ± std table to ``<name>.md``."""
+    results_dir = ROOT / "benchmarks" / "results"
+    records = []
+    for model, params, category, seed in runs:
+        print(f"== {model} {params or ''} on {category}, seed {seed}", flush=True)
+        record = run_in_subprocess(args, model, category, seed, params)
+        print(json.dumps(record), flush=True)
+        records.append(record)
+    merged = merge_records(results_dir / f"{name}.json", records)
+    command = f"python benchmarks/{name}.py " + " ".join(sys.argv[1:])
+    text = (
+        f"Command: `{command}`\n\n{preamble}\n\n{mean_std_table([*baselines, *merged], columns)}\n"
+    )
+    (results_dir / f"{name}.md").write_text(text)
+    print(text)
+    return merged
 
 
 def main() -> None:

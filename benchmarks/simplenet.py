@@ -12,16 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from common import (
-    CATEGORIES,
-    ROOT,
-    add_run_arguments,
-    mean_std_table,
-    merge_records,
-    run_in_subprocess,
-)
+from common import CATEGORIES, ROOT, add_run_arguments, run_benchmark
 
 MODELS = ("simplenet", "trisimplenet")
 COLUMNS = [
@@ -34,6 +26,11 @@ COLUMNS = [
     ("fit_seconds", "fit (s)", "{:.0f}"),
     ("latency_ms", "latency (ms, batch 1)", "{:.1f}"),
 ]
+PREAMBLE = (
+    "Mean ± std over seeds; PatchCore and PaDiM rows are the foundation benchmark's (seed 0, "
+    "deterministic fit). FPR/TPR@thr: share of good / defective test images at or above the "
+    "threshold learned on held-out *training* images."
+)
 
 
 def main() -> None:
@@ -43,28 +40,10 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     add_run_arguments(parser)
     args = parser.parse_args()
-    results_dir = ROOT / "benchmarks" / "results"
-    records = []
-    for category in args.categories:
-        for model in args.models:
-            for seed in args.seeds:
-                print(f"== {model} on {category}, seed {seed}", flush=True)
-                record = run_in_subprocess(args, model, category, seed)
-                print(json.dumps(record), flush=True)
-                records.append(record)
-    merged = merge_records(results_dir / "simplenet.json", records)
-    foundation_path = results_dir / "foundation.json"
-    baselines = json.loads(foundation_path.read_text()) if foundation_path.is_file() else []
-    command = "python benchmarks/simplenet.py " + " ".join(sys.argv[1:])
-    text = (
-        f"Command: `{command}`\n\n"
-        "Mean ± std over seeds; PatchCore and PaDiM rows are the foundation benchmark's (seed 0, "
-        "deterministic fit). FPR/TPR@thr: share of good / defective test images at or above "
-        "the threshold learned on held-out *training* images.\n\n"
-        f"{mean_std_table(baselines + merged, COLUMNS)}\n"
-    )
-    (results_dir / "simplenet.md").write_text(text)
-    print(text)
+    runs = [(m, {}, c, s) for c in args.categories for m in args.models for s in args.seeds]
+    foundation = ROOT / "benchmarks" / "results" / "foundation.json"
+    baselines = json.loads(foundation.read_text()) if foundation.is_file() else []
+    run_benchmark("simplenet", runs, args, COLUMNS, PREAMBLE, baselines)
 
 
 if __name__ == "__main__":
