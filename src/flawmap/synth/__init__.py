@@ -11,12 +11,18 @@ One module per generator family:
 from __future__ import annotations
 
 from flawmap.synth.confetti import ConfettiNoise
-from flawmap.synth.defects import DEFECT_KINDS, DefectSynthesizer, SyntheticDefect
+from flawmap.synth.defects import (
+    DEFECT_KINDS,
+    DefectGenerator,
+    DefectSynthesizer,
+    SyntheticDefect,
+)
 from flawmap.synth.perlin import perlin_mask, perlin_noise
 
 __all__ = [
     "DEFECT_KINDS",
     "ConfettiNoise",
+    "DefectGenerator",
     "DefectSynthesizer",
     "SyntheticDefect",
     "perlin_mask",

@@ -17,8 +17,13 @@ import math
 
 import torch
 
-from flawmap.errors import ConfigError, DataError
-from flawmap.synth.defects import SyntheticDefect, _check_image, _check_range
+from flawmap.errors import ConfigError
+from flawmap.synth.defects import (
+    DefectGenerator,
+    SyntheticDefect,
+    _check_image,
+    _check_range,
+)
 from flawmap.synth.perlin import _check_generator
 
 __all__ = ["ConfettiNoise"]
@@ -27,7 +32,7 @@ _MAX_ATTEMPTS = 5
 """Draws per call before giving up on a non-empty mask (only near-impossible colour matches)."""
 
 
-class ConfettiNoise:
+class ConfettiNoise(DefectGenerator):
     """Paints FCDD-style confetti (random coloured rectangles) into good images.
 
     Each call draws ``n`` rectangles, ``n`` uniform in ``count_range`` (inclusive). Rectangle
@@ -152,26 +157,3 @@ class ConfettiNoise:
                 break
         out = torch.where(mask, painted, image)  # outside the mask: exactly the input
         return SyntheticDefect(image=out, mask=mask[None].float(), kind=self.kind)
-
-    def synthesize_batch(
-        self, images: torch.Tensor, generator: torch.Generator, probability: float = 1.0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) -> (images (B, 3, H, W), masks (B, 1, H, W) float32).
-
-        Each image gets confetti with ``probability``; the others are returned unchanged with an
-        all-zero mask.
-        """
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
-            raise DataError(f"images must be a tensor of shape (B, 3, H, W), got {shape}")
-        if not (isinstance(probability, int | float) and 0.0 <= probability <= 1.0):
-            raise ConfigError(f"probability must be a number in [0, 1], got {probability!r}")
-        _check_generator(generator)
-        b, _, h, w = images.shape
-        out = images.clone()
-        masks = torch.zeros(b, 1, h, w, dtype=torch.float32, device=images.device)
-        chosen = torch.rand(b, generator=generator, device=generator.device) < probability
-        for i in chosen.nonzero().flatten().tolist():
-            result = self(images[i], generator)
-            out[i], masks[i] = result.image, result.mask
-        return out, masks

@@ -14,6 +14,7 @@ Every random choice goes through the ``torch.Generator`` passed in.
 
 from __future__ import annotations
 
+import abc
 import math
 import os
 import warnings
@@ -29,7 +30,7 @@ from flawmap.data.io import is_image_file, load_image
 from flawmap.errors import ConfigError, DataError
 from flawmap.synth.perlin import _check_generator, perlin_mask
 
-__all__ = ["DEFECT_KINDS", "DefectSynthesizer", "SyntheticDefect"]
+__all__ = ["DEFECT_KINDS", "DefectGenerator", "DefectSynthesizer", "SyntheticDefect"]
 
 DEFECT_KINDS: tuple[str, ...] = ("texture", "structural", "blur")
 """Every defect kind :class:`DefectSynthesizer` knows."""
@@ -154,7 +155,38 @@ def _check_image(image: torch.Tensor) -> None:
         )
 
 
-class DefectSynthesizer:
+class DefectGenerator(abc.ABC):
+    """A synthetic-defect generator: ``gen(image (3, H, W), generator) -> SyntheticDefect``."""
+
+    @abc.abstractmethod
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> SyntheticDefect:
+        """One defective copy of ``image`` (3, H, W) in [0, 1]; random draws from ``generator``."""
+
+    def synthesize_batch(
+        self, images: torch.Tensor, generator: torch.Generator, probability: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> (images (B, 3, H, W), masks (B, 1, H, W) float32).
+
+        Each image gets a defect (``self(image, generator)``) with ``probability``; the others
+        are returned unchanged with an all-zero mask.
+        """
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
+            raise DataError(f"images must be a tensor of shape (B, 3, H, W), got {shape}")
+        if not (isinstance(probability, int | float) and 0.0 <= probability <= 1.0):
+            raise ConfigError(f"probability must be a number in [0, 1], got {probability!r}")
+        _check_generator(generator)
+        b, _, h, w = images.shape
+        out = images.clone()
+        masks = torch.zeros(b, 1, h, w, dtype=torch.float32, device=images.device)
+        chosen = torch.rand(b, generator=generator, device=generator.device) < probability
+        for i in chosen.nonzero().flatten().tolist():
+            result = self(images[i], generator)
+            out[i], masks[i] = result.image, result.mask
+        return out, masks
+
+
+class DefectSynthesizer(DefectGenerator):
     """Pastes random synthetic defects (texture, structural, blur) into good images.
 
     Args:
@@ -312,26 +344,3 @@ class DefectSynthesizer:
             if change >= _MIN_CHANGE:
                 break
         return SyntheticDefect(image=out, mask=mask[None].float(), kind=chosen)
-
-    def synthesize_batch(
-        self, images: torch.Tensor, generator: torch.Generator, probability: float = 1.0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) -> (images (B, 3, H, W), masks (B, 1, H, W) float32).
-
-        Each image gets a defect with ``probability``; the others are returned unchanged with an
-        all-zero mask.
-        """
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
-            raise DataError(f"images must be a tensor of shape (B, 3, H, W), got {shape}")
-        if not (isinstance(probability, int | float) and 0.0 <= probability <= 1.0):
-            raise ConfigError(f"probability must be a number in [0, 1], got {probability!r}")
-        _check_generator(generator)
-        b, _, h, w = images.shape
-        out = images.clone()
-        masks = torch.zeros(b, 1, h, w, dtype=torch.float32, device=images.device)
-        chosen = torch.rand(b, generator=generator, device=generator.device) < probability
-        for i in chosen.nonzero().flatten().tolist():
-            result = self(images[i], generator)
-            out[i], masks[i] = result.image, result.mask
-        return out, masks
