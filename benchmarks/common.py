@@ -61,7 +61,8 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
     fit_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = evaluate(detector, test, latency_runs=30)
     if args.out:
-        out = Path(args.out) / f"{args.model}_{args.category}_seed{args.seed}"
+        tag = "".join(f"-{k}={v}" for k, v in sorted(params.items()))
+        out = Path(args.out) / f"{args.model}{tag}_{args.category}_seed{args.seed}"
         write_evaluation(result, detector, out, title=f"{args.model} on {args.category}")
     record: dict[str, Any] = {
         "model": args.model,

@@ -23,9 +23,9 @@ smallest principal std of the normal features, and the discriminator cannot tell
 (bottle: training loss stuck near 1). We therefore divide the features by one fitted scalar,
 their RMS per-channel std on the training set (``feature_scaling``, a stored buffer), and express
 ``noise_sigma`` in those units. Its default, 0.8, was chosen on training data only:
-``benchmarks/simplenet_noise_selection.py`` fits on 80 % of train/good of bottle and magnetic
+``benchmarks/select_on_training.py`` fits on 80 % of train/good of bottle and magnetic
 tile and validates on the other 20 % plus synthetically damaged copies (``flawmap.synth``); see
-``benchmarks/results/simplenet_noise_selection.md``. The fake-normal noise of TrisimpleNet keeps
+``benchmarks/results/simplenet_noise_sigma_selection.md``. The fake-normal noise of TrisimpleNet keeps
 the paper's ratio sigma' = sigma / 100 unless given.
 """
 
