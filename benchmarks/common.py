@@ -45,13 +45,20 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
 
     from flawmap.data import MVTecDataset
     from flawmap.evaluation import evaluate, write_evaluation
-    from flawmap.models import create_model
+    from flawmap.evaluation.timing import measure_backbone_latency, measure_latency
+    from flawmap.models import create_model, model_class
 
     torch.set_num_threads(args.threads)
     root = Path(args.datasets) / CATEGORIES[args.category]
     params = json.loads(args.params)
+    # ``params`` may override the image size (then it is part of the method label); models
+    # that synthesise texture defects get the datasets' DTD folder unless params name one.
+    defaults: dict[str, Any] = {"image_size": args.image_size}
+    dtd = Path(args.datasets) / "dtd"
+    if "texture_dir" in model_class(args.model).param_types() and dtd.is_dir():
+        defaults["texture_dir"] = str(dtd)
     detector = create_model(
-        args.model, backbone=args.backbone, image_size=args.image_size, seed=args.seed, **params
+        args.model, backbone=args.backbone, seed=args.seed, **{**defaults, **params}
     )
     train = MVTecDataset(root, "train", transform=detector.transform)
     test = MVTecDataset(root, "test", transform=detector.transform)
@@ -60,6 +67,9 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
     fit_wall = time.perf_counter() - start
     fit_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = evaluate(detector, test, latency_runs=30)
+    image = test[0]["image"]
+    latency_b8 = measure_latency(detector, image, runs=10, batch_size=8)
+    backbone_ms = measure_backbone_latency(detector, image, runs=30)
     if args.out:
         tag = "".join(f"-{k}={v}" for k, v in sorted(params.items()))
         out = Path(args.out) / f"{args.model}{tag}_{args.category}_seed{args.seed}"
@@ -68,9 +78,10 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model,
         "category": args.category,
         "backbone": args.backbone,
-        "image_size": args.image_size,
+        "image_size": detector.image_size,
         "seed": args.seed,
         "params": params,
+        "texture_dir": getattr(detector, "texture_dir", None),
         "threads": torch.get_num_threads(),
         "n_train": len(train),
         "n_test": len(test),
@@ -78,10 +89,18 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
         "fit_peak_rss_mb": fit_peak_mb,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **result.metrics,
+        # model forward only (no data loading), median; throughput = batch / latency
+        "latency_b8_ms": latency_b8,
+        "throughput_b1_ips": 1000.0 / result.metrics["latency_ms"],
+        "throughput_b8_ips": 8000.0 / latency_b8,
+        "backbone_latency_ms": backbone_ms,
+        "latency_over_backbone": result.metrics["latency_ms"] / backbone_ms,
     }
     history = getattr(detector, "history_", None)
     if history is not None:
         record["final_train_loss"] = history.epoch_losses[-1]
+        if getattr(history, "best_epoch", None) is not None:  # validation checkpointing (CSE)
+            record["best_epoch"] = history.best_epoch
     bank = getattr(detector.module_, "memory_bank", None)
     if bank is not None:
         record["memory_bank"] = int(bank.shape[0])

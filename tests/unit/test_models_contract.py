@@ -21,6 +21,8 @@ FAST_PARAMS: dict[str, dict[str, Any]] = {
     "simplenet": {"epochs": 2},
     "trisimplenet": {"epochs": 2},
     "fcdd": {"epochs": 1, "passes_per_epoch": 1},
+    "mlff": {"epochs": 1, "repeats": 1},
+    "cse": {"epochs": 1, "image_score": "max"},  # mean (paper default): test_cse.py
 }
 COMMON = {"weights": "random", "image_size": 64, "batch_size": 4, "threshold_holdout": 0.25}
 

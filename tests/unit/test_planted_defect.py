@@ -21,6 +21,8 @@ FAST_PARAMS = {
     "simplenet": {"epochs": 30, "lr": 1e-3, "noise_sigma": 0.3},
     "trisimplenet": {"epochs": 30, "lr": 1e-3, "noise_sigma": 0.3},
     "fcdd": {"epochs": 3},
+    "mlff": {"epochs": 3},
+    "cse": {"epochs": 5, "layers": (2, 3), "n_clusters": 4},  # 64 px: finer stages, k=4 borders
 }
 
 

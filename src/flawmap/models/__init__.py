@@ -12,12 +12,14 @@ from flawmap.models.base import (
     model_class,
     register_model,
 )
+from flawmap.models.cse import CSE
 from flawmap.models.fcdd import FCDD
 from flawmap.models.padim import Padim
 from flawmap.models.patchcore.model import PatchCore
 from flawmap.models.simplenet import SimpleNet, TrisimpleNet
 
 __all__ = [
+    "CSE",
     "FCDD",
     "AnomalyModule",
     "Detector",

@@ -1,0 +1,687 @@
+"""CSE: surface anomaly detection with a contrastively selected embedding (seed paper 001).
+
+Data path (seed paper §3; its equations were lost in the text we have, the definitions below
+follow the issue and are the reference):
+
+- features: a frozen pretrained backbone, its two deepest stages (default backbone: stride 16
+  and stride 32; the paper's EfficientNet-B3 gives 136x14x14 and 384x7x7 at 224 px); every
+  stage is upsampled (bilinear) to the finest one's grid and they are concatenated (§3.2);
+- embedder: three 1x1 convolutions C -> C/2 -> C/4 -> ``embed_dim`` (paper 64), each followed by
+  ReLU and BatchNorm (§3.2); a 2x2 average pooling (stride 2) smooths it into the *pooled
+  embedding* (paper: 64x7x7 at 224 px) that the contrastive loss, the bank and the scores use;
+- training pairs (§3.2): a defect-free training image x1 and a second image x2, with probability
+  ``damage_probability`` (paper 0.5) a synthetically damaged copy of x1
+  (:class:`~flawmap.synth.DefectSynthesizer`: Perlin masks with texture (DTD), structural or
+  blur defects, §3.1), otherwise another defect-free training image;
+- contrastive cosine loss (§3.3, eq. 1-2): :func:`contrastive_cosine_loss`;
+- decoder loss (§3.4, eq. 3-5): a decoder of 1x1 convolutions, randomly initialised (seeded)
+  and never trained, maps the defect-free *unpooled* embedding back to every backbone stage;
+  :func:`decoder_loss`;
+- total loss (eq. 6): ``contrastive_weight * contrastive + decoder`` (paper lambda = 10);
+- training (§4.1): Adam (lr 4e-4, betas (0.5, 0.999), weight decay 1e-5) with a one-cycle
+  schedule, batch 8; the training images are split 70/30 (seeded) and the embedder weights of
+  the epoch with the lowest loss on the 30 % (fixed, seeded validation pairs) are kept — no test
+  data is ever looked at;
+- bank and scoring (§3.5): seeded spherical k-means++ (:func:`spherical_kmeans`) on the pooled
+  embeddings of every training image (``n_clusters``, paper 1); the anomaly score of a position
+  is 1 - cos to the nearest centre; the image score is its mean over positions (paper) and the
+  map is the same per-position distance, upsampled and smoothed by the shared post-processor.
+
+Choices where the paper is silent or ambiguous:
+
+- damaged pairs (``damaged_positions``): ``"all"`` (default) applies the damaged-pair term at
+  every position of a damaged pair — the pair label is per image, which is why the paper relies
+  on deep features whose large receptive fields let a small defect change most positions (§3.2,
+  §5.3); ``"mask"`` applies it only at positions whose 2x2-pooled cell overlaps the defect mask
+  and the defect-free term elsewhere (x2 is a copy of x1 there);
+- the map uses the *pooled* embedding (stride 32 by default): it is the representation the
+  contrastive loss shapes and the bank is built from, and the image score is exactly the mean
+  of this map's raw values; the unpooled one is finer but never compared directly by any loss;
+- frozen decoder and BatchNorm: the decoder is built from ``seed`` (its own RNG stream), gets no
+  gradients, is not in the optimiser and stays in eval mode even while the embedder trains, so
+  its BatchNorm layers use their initial running statistics (mean 0, var 1, affine 1/0: an
+  identity up to 1/sqrt(1 + eps)); nothing of it, statistics included, ever changes. Its hidden
+  convolutions are followed by ReLU + BatchNorm, its last one is linear (backbone features are
+  signed; a final ReLU could not reach them). It is needed for training only and is not saved;
+- the decoder branch of a coarser stage average-pools its output to that stage's grid; each
+  stage's loss is 0.5 * ||n(decoded) - n(features)||^2 (n = L2 normalisation over channels)
+  summed over channels, i.e. 1 - cos, averaged over positions; the stage losses are averaged;
+- the one-cycle schedule (``torch.optim.lr_scheduler.OneCycleLR``, max lr = ``lr``) does not
+  cycle Adam's beta1 (``cycle_momentum=False``), so the paper's betas hold throughout;
+- the k-means is spherical (cosine assignment, centres = normalised mean of the unit
+  embeddings), matching the cosine score; with one cluster the centre is the direction of the
+  mean of the L2-normalised training embeddings (the paper: "the mean of defect-free samples");
+- image score: ``image_score="mean"`` (paper, default) or ``"max"`` of the smoothed map (the
+  flawmap convention, under which "score >= threshold" means "some pixel reaches the
+  threshold"). Either way ``label = score >= threshold`` with the threshold learned on held-out
+  good images' scores of the same kind; with ``"mean"`` the threshold is on the mean distance,
+  so ``Prediction.masks()`` (map >= threshold) marks every pixel above a good image's typical
+  *mean* distance and over-segments.
+
+Deviations: CPU schedule by default (``epochs``; the paper's 100 are ``CSE.PAPER_SCHEDULE``),
+EfficientNet-Lite0 instead of EfficientNet-B3; the backbone features of the defect-free
+training images are computed once and cached (the backbone is frozen and CSE uses no
+augmentation), only the damaged copies go through the backbone during training.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from flawmap.backbones import FeatureExtractor
+from flawmap.data import split_holdout
+from flawmap.errors import ConfigError, DataError
+from flawmap.models.base import AnomalyModule, Detector, register_model
+from flawmap.synth import DefectSynthesizer
+from flawmap.training import TrainingHistory, run_epochs
+
+__all__ = [
+    "CSE",
+    "CSEDecoder",
+    "CSEHistory",
+    "CSEModule",
+    "contrastive_cosine_loss",
+    "decoder_loss",
+    "spherical_kmeans",
+]
+
+DAMAGED_POSITIONS = ("all", "mask")
+IMAGE_SCORES = ("mean", "max")
+_VALIDATION_SEED_OFFSET = 104_729  # validation pairs: their own fixed RNG stream
+_DECODER_SEED_OFFSET = 7_919  # the frozen decoder's initialisation: its own RNG stream
+_KMEANS_ITERS = 100
+
+
+# --------------------------------------------------------------------------- losses
+def contrastive_cosine_loss(
+    e1: torch.Tensor, e2: torch.Tensor, damaged: torch.Tensor
+) -> torch.Tensor:
+    """Contrastive cosine loss (§3.3, eq. 1-2) of embeddings e1, e2 (B, D, h, w).
+
+    ``damaged`` (B, h, w), or anything broadcastable to it such as (B, 1, 1), holds the label
+    y in [0, 1] of every position (1 = damaged pair). Per position, with c = cos(e1, e2) over
+    the D channels::
+
+        l = (1 - y) * (1 - c) + y * (1 + c) / 2
+
+    so a defect-free pair costs 0 when the embeddings point the same way (2 when opposite) and
+    a damaged pair costs 0 when they are opposite (1/2 when orthogonal, 1 when identical).
+    Returns the mean over positions and batch.
+    """
+    if e1.shape != e2.shape or e1.ndim != 4:
+        raise DataError(
+            f"embeddings must both be (B, D, h, w), got {tuple(e1.shape)} and {tuple(e2.shape)}"
+        )
+    cos = F.cosine_similarity(e1, e2, dim=1, eps=1e-8)  # (B, h, w), eq. 1
+    y = damaged.to(cos.dtype).expand_as(cos)
+    return ((1.0 - y) * (1.0 - cos) + y * (1.0 + cos) / 2.0).mean()  # eq. 2
+
+
+def decoder_loss(decoded: list[torch.Tensor], features: list[torch.Tensor]) -> torch.Tensor:
+    """Decoder loss (§3.4, eq. 3-5) of decoded maps and backbone features, one pair per stage.
+
+    ``decoded[l]`` and ``features[l]`` are (B, C_l, h_l, w_l). Per position (eq. 3), with n the
+    L2 normalisation over channels: 0.5 * ||n(decoded) - n(features)||^2 summed over channels
+    (= 1 - cos); averaged over positions and batch per stage (eq. 4); averaged over stages
+    (eq. 5).
+    """
+    if len(decoded) != len(features) or not decoded:
+        raise DataError(f"need one decoded map per stage, got {len(decoded)} for {len(features)}")
+    losses = []
+    for d, f in zip(decoded, features, strict=True):
+        if d.shape != f.shape:
+            raise DataError(f"decoded {tuple(d.shape)} and features {tuple(f.shape)} differ")
+        diff = F.normalize(d, dim=1, eps=1e-8) - F.normalize(f, dim=1, eps=1e-8)
+        losses.append(0.5 * diff.pow(2).sum(dim=1).mean())
+    return torch.stack(losses).mean()
+
+
+# --------------------------------------------------------------------------- k-means
+def spherical_kmeans(
+    x: torch.Tensor, k: int, seed: int, n_iter: int = _KMEANS_ITERS
+) -> torch.Tensor:
+    """Seeded spherical k-means++ of embeddings x (P, D) -> unit centres (k, D).
+
+    Embeddings are L2-normalised; k-means++ seeding draws each next centre with probability
+    proportional to its cosine distance 1 - cos to the nearest chosen centre; Lloyd iterations
+    assign by the largest cosine and set each centre to the normalised mean of its members (an
+    empty cluster takes the point farthest from its centre). With ``k = 1`` the centre is the
+    direction of the mean unit embedding. Stops when assignments no longer change.
+    """
+    if k < 1:
+        raise ConfigError(f"n_clusters must be >= 1, got {k}")
+    if len(x) < k:
+        raise DataError(f"cannot make {k} clusters from {len(x)} embeddings; lower n_clusters")
+    unit = F.normalize(x.double(), dim=1, eps=1e-12)
+    generator = torch.Generator().manual_seed(seed)
+    first = int(torch.randint(len(unit), (1,), generator=generator))
+    centres = unit[first : first + 1]
+    dist = (1.0 - unit @ centres[0]).clamp_min(0.0)
+    for _ in range(1, k):
+        total = float(dist.sum())
+        probs = dist / total if total > 0 else torch.full_like(dist, 1.0 / len(dist))
+        pick = int(torch.multinomial(probs, 1, generator=generator))
+        centres = torch.cat([centres, unit[pick : pick + 1]])
+        dist = torch.minimum(dist, (1.0 - unit @ unit[pick]).clamp_min(0.0))
+    assign: torch.Tensor | None = None
+    for _ in range(n_iter):
+        sim = unit @ centres.T  # (P, k)
+        best, new_assign = sim.max(dim=1)
+        if assign is not None and bool((new_assign == assign).all()):
+            break
+        assign = new_assign
+        sums = torch.zeros_like(centres).index_add_(0, assign, unit)
+        counts = torch.bincount(assign, minlength=k)
+        for j in (counts == 0).nonzero().flatten().tolist():
+            far = int(best.argmin())
+            sums[j] = unit[far]
+            best[far] = math.inf  # each empty cluster takes a different point
+        centres = F.normalize(sums, dim=1, eps=1e-12)
+    return centres.float()
+
+
+# --------------------------------------------------------------------------- networks
+def _pointwise_block(c_in: int, c_out: int) -> list[nn.Module]:
+    """1x1 convolution, ReLU, BatchNorm (the paper's order, §3.2)."""
+    return [nn.Conv2d(c_in, c_out, kernel_size=1), nn.ReLU(inplace=True), nn.BatchNorm2d(c_out)]
+
+
+class CSEDecoder(nn.Module):
+    """The frozen random decoder (§3.4): one branch per backbone stage.
+
+    Branch l: 1x1 conv ``embed_dim -> C_l / 2`` + ReLU + BatchNorm, then a linear 1x1 conv to
+    C_l; applied to the unpooled embedding (B, D, h, w) on the finest grid, its output is
+    average-pooled to stage l's grid (h_l, w_l). Never trained: no gradients, and it stays in
+    eval mode whatever ``train()`` asks (BatchNorm keeps its initial statistics).
+    """
+
+    def __init__(self, embed_dim: int, channels: tuple[int, ...], seed: int) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.branches = nn.ModuleList(
+                nn.Sequential(
+                    *_pointwise_block(embed_dim, max(1, c // 2)),
+                    nn.Conv2d(max(1, c // 2), c, kernel_size=1),
+                )
+                for c in channels
+            )
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> CSEDecoder:
+        return super().train(False)
+
+    def forward(self, embedding: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """embedding (B, D, h, w) -> one (B, C_l, h_l, w_l) map per stage, (h_l, w_l) = sizes[l]."""
+        out = []
+        for branch, size in zip(self.branches, sizes, strict=True):
+            decoded = branch(embedding)
+            if tuple(decoded.shape[-2:]) != tuple(size):
+                decoded = F.adaptive_avg_pool2d(decoded, size)
+            out.append(decoded)
+        return out
+
+
+class CSEModule(AnomalyModule):
+    """Frozen backbone + 1x1-conv embedder + 2x2 average pooling + cluster bank.
+
+    ``forward(images (B, 3, H, W) in [0, 1]) -> (scores (B,), maps (B, H, W))``; the bank
+    ``centres`` (k, embed_dim) holds unit vectors (a buffer, saved with the model).
+    """
+
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        smoothing_sigma: float,
+        embed_dim: int,
+        n_clusters: int,
+        image_score: str,
+    ) -> None:
+        super().__init__(extractor, smoothing_sigma)
+        c = sum(extractor.channels)
+        self.embed_dim = embed_dim
+        self.image_score = image_score
+        self.embedder = nn.Sequential(  # C -> C/2 -> C/4 -> D, §3.2
+            *_pointwise_block(c, max(1, c // 2)),
+            *_pointwise_block(max(1, c // 2), max(1, c // 4)),
+            *_pointwise_block(max(1, c // 4), embed_dim),
+        )
+        self.register_buffer("centres", torch.zeros(n_clusters, embed_dim))
+
+    @staticmethod
+    def fuse(features: list[torch.Tensor]) -> torch.Tensor:
+        """Stage maps [(B, C_l, h_l, w_l)] -> (B, sum C_l, h_0, w_0): every stage upsampled
+        (bilinear) to the first (finest) stage's grid, then concatenated (§3.2)."""
+        size = features[0].shape[-2:]
+        maps = [
+            f
+            if f.shape[-2:] == size
+            else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            for f in features
+        ]
+        return torch.cat(maps, dim=1)
+
+    @staticmethod
+    def pool(embedding: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) -> (B, D, h // 2, w // 2): the 2x2 average pooling (smoothing, §3.2)."""
+        return F.avg_pool2d(embedding, kernel_size=2, stride=2)
+
+    def embed(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage maps -> (unpooled (B, D, h, w), pooled (B, D, h // 2, w // 2)) embeddings."""
+        unpooled = self.embedder(self.fuse(features))
+        return unpooled, self.pool(unpooled)
+
+    def embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) -> pooled embeddings (B, D, h', w')."""
+        return self.embed(self.extractor(images))[1]
+
+    def distances(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, D, h', w') -> (B, 1, h', w'): 1 - cos to the nearest centre (§3.5)."""
+        unit = F.normalize(pooled, dim=1, eps=1e-8)
+        sim = torch.einsum("bdhw,kd->bkhw", unit, self.centres)
+        return 1.0 - sim.amax(dim=1, keepdim=True)
+
+    def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
+        return self.distances(self.embeddings(images))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = int(images.shape[-2]), int(images.shape[-1])
+        raw = self.patch_scores(images)
+        scores, maps = self.postprocess(raw, (h, w))
+        if self.image_score == "mean":  # the paper's image score: mean over positions
+            scores = raw.mean(dim=(1, 2, 3))
+        return scores, maps
+
+
+# --------------------------------------------------------------------------- detector
+@dataclass
+class CSEHistory(TrainingHistory):
+    """Training and validation loss per epoch and the kept (lowest validation loss) epoch.
+
+    ``val_losses`` is empty and ``best_epoch`` the last epoch when ``validation_fraction=0``.
+    """
+
+    val_losses: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+
+
+@dataclass
+class _Pairs:
+    """Cached backbone features of the first and second images of fixed pairs."""
+
+    first: list[torch.Tensor]
+    second: list[torch.Tensor]
+    damaged: torch.Tensor  # (N,) bool
+    masks: torch.Tensor  # (N, 1, H, W) float
+
+
+@register_model
+class CSE(Detector):
+    """CSE: contrastively trained 1x1-conv embedder on deep features, cosine distance to
+    k-means centres of the training embeddings; see the module docstring.
+
+    Args:
+        embed_dim: embedding channels (paper 64).
+        n_clusters: k-means centres in the bank (paper 1 = the mean embedding direction).
+        texture_dir: folder of texture images for the synthetic texture defects (e.g. DTD,
+            ``../shared/datasets/dtd``); ``None`` = structural and blur defects only (warns).
+        damage_probability: chance that a training pair's second image is a damaged copy
+            (paper 0.5).
+        damaged_positions: ``"all"`` (default) or ``"mask"``: where the damaged-pair term of
+            the contrastive loss applies (see the module docstring).
+        contrastive_weight: lambda of eq. 6, total = lambda * contrastive + decoder (paper 10).
+        epochs: training epochs. CPU default 20 (the paper trains 100, ``PAPER_SCHEDULE``).
+            An epoch costs about one backbone forward per damaged training image (half the
+            70 % split) plus ~10 ms of defect synthesis each; the defect-free features are
+            computed once at the start. Measured with ``tf_efficientnet_lite0`` at 256 px on
+            1 thread of a shared 2-core machine: bottle (188 images after the threshold
+            holdout) ~16 s loading + ~3.7 s per epoch; magnetic tile (686) ~42 s + ~13.5 s per
+            epoch, so 20 epochs take ~1.5 min and ~5 min (less on 2 threads).
+        train_batch_size: pairs per Adam step (paper 8).
+        lr, betas, weight_decay: Adam (paper 4e-4, (0.5, 0.999), 1e-5); ``lr`` is the one-cycle
+            schedule's maximum.
+        validation_fraction: share of the training images held out to select the epoch with
+            the lowest validation loss (paper 0.3); 0 keeps the last epoch.
+        image_score: ``"mean"`` of the per-position distances (paper) or ``"max"`` of the
+            smoothed map (flawmap convention).
+        **common: see :class:`~flawmap.models.base.Detector` (default stages: strides 16, 32).
+    """
+
+    name = "cse"
+    default_strides = (16, 32)
+    #: The seed paper's schedule (§4.1), for ``--param epochs=100`` style reproduction.
+    PAPER_SCHEDULE: ClassVar[dict[str, object]] = {
+        "epochs": 100,
+        "train_batch_size": 8,
+        "lr": 4e-4,
+        "betas": (0.5, 0.999),
+        "weight_decay": 1e-5,
+        "validation_fraction": 0.3,
+        "contrastive_weight": 10.0,
+        "embed_dim": 64,
+        "n_clusters": 1,
+        "image_size": 224,
+    }
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int = 64,
+        n_clusters: int = 1,
+        texture_dir: str | None = None,
+        damage_probability: float = 0.5,
+        damaged_positions: str = "all",
+        contrastive_weight: float = 10.0,
+        epochs: int = 20,
+        train_batch_size: int = 8,
+        lr: float = 4e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+        weight_decay: float = 1e-5,
+        validation_fraction: float = 0.3,
+        image_score: str = "mean",
+        **common,
+    ) -> None:
+        super().__init__(**common)
+        self.embed_dim = embed_dim
+        self.n_clusters = n_clusters
+        self.texture_dir = texture_dir
+        self.damage_probability = damage_probability
+        self.damaged_positions = damaged_positions
+        self.contrastive_weight = contrastive_weight
+        self.epochs = epochs
+        self.train_batch_size = train_batch_size
+        self.lr = lr
+        self.betas = betas
+        self.weight_decay = weight_decay
+        self.validation_fraction = validation_fraction
+        self.image_score = image_score
+        self.history_: CSEHistory | None = None
+        self.decoder_: CSEDecoder | None = None
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self) -> None:
+        for name in ("embed_dim", "n_clusters", "epochs", "train_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if not 0.0 <= self.damage_probability <= 1.0:
+            raise ConfigError(
+                f"damage_probability must be in [0, 1], got {self.damage_probability}"
+            )
+        if self.damaged_positions not in DAMAGED_POSITIONS:
+            raise ConfigError(
+                f"damaged_positions must be one of {', '.join(DAMAGED_POSITIONS)}, "
+                f"got {self.damaged_positions!r}"
+            )
+        if self.image_score not in IMAGE_SCORES:
+            raise ConfigError(
+                f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}"
+            )
+        if not (math.isfinite(self.contrastive_weight) and self.contrastive_weight >= 0):
+            raise ConfigError(
+                f"contrastive_weight must be a finite number >= 0, got {self.contrastive_weight}"
+            )
+        if not (self.lr > 0 and self.weight_decay >= 0):
+            raise ConfigError(
+                f"need lr > 0 and weight_decay >= 0, got {self.lr} and {self.weight_decay}"
+            )
+        try:
+            ok = len(self.betas) == 2 and all(0.0 <= float(b) < 1.0 for b in self.betas)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError(
+                f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
+            )
+
+    def _build_module(self, weights: str) -> CSEModule:
+        self._check_params()
+        extractor = FeatureExtractor(self.backbone, self.stage_indices(), weights, truncate=True)
+        h, w = self.transform.output_size
+        stride = extractor.strides[0]
+        if h // stride < 2 or w // stride < 2:
+            raise ConfigError(
+                f"image size {h}x{w} gives a {h // stride}x{w // stride} grid at stride {stride}; "
+                f"cse needs at least 2x2 cells (2x2 pooling): use image_size >= {2 * stride}"
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return CSEModule(
+                extractor, self.smoothing_sigma, self.embed_dim, self.n_clusters, self.image_score
+            )
+
+    # ------------------------------------------------------------------ training
+    def pair_loss(
+        self,
+        module: CSEModule,
+        decoder: CSEDecoder,
+        first: list[torch.Tensor],
+        second: list[torch.Tensor],
+        damaged: torch.Tensor,
+        masks: torch.Tensor,
+    ) -> torch.Tensor:
+        """Total loss (eq. 6) of a batch of pairs given their backbone features.
+
+        ``first``/``second``: per stage (B, C_l, h_l, w_l); ``damaged`` (B,) bool; ``masks``
+        (B, 1, H, W) the synthetic defect masks (zeros for defect-free pairs).
+        """
+        b = len(damaged)
+        # One embedder pass over both images so BatchNorm sees them together.
+        both = [torch.cat([f1, f2]) for f1, f2 in zip(first, second, strict=True)]
+        unpooled, pooled = module.embed(both)
+        e1, e2 = pooled[:b], pooled[b:]
+        if self.damaged_positions == "all":
+            labels = damaged.float().view(b, 1, 1)
+        else:  # damaged term only where the pooled cell overlaps the defect mask
+            cells = F.adaptive_max_pool2d(masks, tuple(e1.shape[-2:]))[:, 0]
+            labels = cells * damaged.float().view(b, 1, 1)
+        contrastive = contrastive_cosine_loss(e1, e2, labels)
+        sizes = [tuple(f.shape[-2:]) for f in first]
+        reconstruction = decoder_loss(decoder(unpooled[:b], sizes), first)
+        return self.contrastive_weight * contrastive + reconstruction
+
+    @torch.no_grad()
+    def _features(self, module: CSEModule, images: torch.Tensor) -> list[torch.Tensor]:
+        """images (B, 3, H, W) -> backbone stage maps, chunked by ``batch_size``."""
+        chunks = [
+            module.extractor(images[i : i + self.batch_size].float())
+            for i in range(0, len(images), self.batch_size)
+        ]
+        return [torch.cat(parts) for parts in zip(*chunks, strict=True)]
+
+    def _damage(
+        self,
+        images: torch.Tensor,
+        damaged: torch.Tensor,
+        synthesizer: DefectSynthesizer,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Damaged copies of ``images[damaged]`` (K, 3, H, W) and their masks (B, 1, H, W)."""
+        masks = torch.zeros(len(images), 1, *images.shape[-2:])
+        picked = damaged.nonzero().flatten().tolist()
+        out = images[damaged].float().clone()
+        for k, i in enumerate(picked):
+            defect = synthesizer(out[k], generator)
+            out[k], masks[i] = defect.image, defect.mask
+        return out, masks
+
+    def _validation_pairs(
+        self,
+        module: CSEModule,
+        first: list[torch.Tensor],
+        images: torch.Tensor,
+        synthesizer: DefectSynthesizer,
+    ) -> _Pairs:
+        """Fixed validation pairs of the validation images (N, 3, H, W) with features ``first``,
+        drawn from their own seeded stream; the damaged copies' features are computed once."""
+        generator = torch.Generator().manual_seed(self.seed + _VALIDATION_SEED_OFFSET)
+        n = len(images)
+        damaged = torch.rand(n, generator=generator) < self.damage_probability
+        partner = _partners(torch.arange(n), n, generator)
+        second = [f[partner].clone() for f in first]
+        copies, masks = self._damage(images, damaged, synthesizer, generator)
+        if len(copies):
+            for s, f in enumerate(self._features(module, copies)):
+                second[s][damaged] = f
+        return _Pairs(first, second, damaged, masks)
+
+    @torch.no_grad()
+    def _validation_loss(self, module: CSEModule, decoder: CSEDecoder, pairs: _Pairs) -> float:
+        """Mean total loss of the fixed validation pairs, embedder in eval mode."""
+        module.embedder.eval()
+        total, n = 0.0, len(pairs.damaged)
+        for start in range(0, n, self.train_batch_size):
+            sl = slice(start, start + self.train_batch_size)
+            loss = self.pair_loss(
+                module,
+                decoder,
+                [f[sl] for f in pairs.first],
+                [f[sl] for f in pairs.second],
+                pairs.damaged[sl],
+                pairs.masks[sl],
+            )
+            total += float(loss) * len(pairs.damaged[sl])
+        module.embedder.train()
+        return total / n
+
+    def _fit_module(self, module: AnomalyModule, data: Dataset, progress: bool) -> None:
+        if not isinstance(module, CSEModule):
+            raise TypeError(f"{self.name} fits a CSEModule")
+        n = len(data)
+        if n < 1:
+            raise DataError("no training images")
+        if self.validation_fraction > 0 and n < 2:
+            raise DataError(
+                f"cse holds out {self.validation_fraction:.0%} of the training images for "
+                f"checkpoint selection and needs at least 2 images, got {n} "
+                "(add images or set validation_fraction=0)"
+            )
+        synthesizer = DefectSynthesizer(self.texture_dir)
+        # The frozen backbone runs once per defect-free image (features cached); only the
+        # damaged copies go through it later. Images stay in memory as float16 (exact to
+        # ~2e-4) for the synthetic defects.
+        loaded, cached = [], []
+        for batch in self.batches(data, progress, "cse: features"):
+            cached.append(self._features(module, batch["image"]))
+            loaded.append(batch["image"].half())
+        images = torch.cat(loaded)
+        features = [torch.cat(parts) for parts in zip(*cached, strict=True)]
+        train_idx, val_idx = split_holdout(n, self.validation_fraction, self.seed)
+        train_sel, val_sel = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+        train_images = images[train_sel]
+        train_feats = [f[train_sel] for f in features]
+        val_pairs = (
+            self._validation_pairs(
+                module, [f[val_sel] for f in features], images[val_sel], synthesizer
+            )
+            if len(val_idx)
+            else None
+        )
+        decoder = CSEDecoder(
+            self.embed_dim, module.extractor.channels, self.seed + _DECODER_SEED_OFFSET
+        )
+        self.decoder_ = decoder
+        n_train = len(train_images)
+        steps_per_epoch = math.ceil(n_train / self.train_batch_size)
+        optimizer = torch.optim.Adam(
+            module.embedder.parameters(),  # the decoder is never optimised
+            lr=self.lr,
+            betas=(float(self.betas[0]), float(self.betas[1])),
+            weight_decay=self.weight_decay,
+        )
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=self.lr,
+            total_steps=self.epochs * steps_per_epoch,
+            cycle_momentum=False,  # keep Adam's betas (0.5, 0.999)
+        )
+        calls = [0]
+
+        def step(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            # run_epochs steps the optimiser after this returns: advancing the schedule before
+            # every step but the first is scheduler.step() after every optimiser step.
+            if calls[0] > 0:
+                scheduler.step()
+            calls[0] += 1
+            damaged = torch.rand(len(indices), generator=generator) < self.damage_probability
+            partner = _partners(indices, n_train, generator)
+            first = [f[indices] for f in train_feats]
+            second = [f[partner].clone() for f in train_feats]
+            copies, masks = self._damage(train_images[indices], damaged, synthesizer, generator)
+            if len(copies):
+                for s, f in enumerate(self._features(module, copies)):
+                    second[s][damaged] = f
+            return self.pair_loss(module, decoder, first, second, damaged, masks)
+
+        val_losses: list[float] = []
+        best: dict[str, torch.Tensor] | None = None
+        best_epoch = self.epochs - 1  # without validation: the last epoch
+
+        def on_epoch_end(epoch: int, _loss: float) -> None:
+            # Checkpoint policy: the embedder of the first epoch with the lowest validation loss.
+            nonlocal best, best_epoch
+            if val_pairs is None:
+                return
+            val_losses.append(self._validation_loss(module, decoder, val_pairs))
+            if best is None or val_losses[-1] < val_losses[best_epoch]:
+                best, best_epoch = copy.deepcopy(module.embedder.state_dict()), epoch
+
+        module.train()
+        try:
+            history = run_epochs(
+                step,
+                [optimizer],
+                n_items=n_train,
+                batch_size=self.train_batch_size,
+                epochs=self.epochs,
+                seed=self.seed,
+                progress=progress,
+                desc=f"{self.name}: train",
+                on_epoch_end=on_epoch_end,
+            )
+        finally:
+            module.eval()
+        if best is not None:
+            module.embedder.load_state_dict(best)
+        self.history_ = CSEHistory(
+            epoch_losses=history.epoch_losses, val_losses=val_losses, best_epoch=best_epoch
+        )
+        self._fit_bank(module, train_feats, val_pairs)
+
+    @torch.no_grad()
+    def _fit_bank(
+        self, module: CSEModule, train_feats: list[torch.Tensor], val_pairs: _Pairs | None
+    ) -> None:
+        """k-means centres of the pooled embeddings of every training image (train + val)."""
+        module.eval()
+        feats = train_feats
+        if val_pairs is not None:
+            feats = [torch.cat([a, b]) for a, b in zip(train_feats, val_pairs.first, strict=True)]
+        pooled = torch.cat(
+            [
+                module.embed([f[i : i + self.batch_size] for f in feats])[1]
+                for i in range(0, len(feats[0]), self.batch_size)
+            ]
+        )
+        flat = pooled.permute(0, 2, 3, 1).reshape(-1, pooled.shape[1])
+        centres = spherical_kmeans(flat, self.n_clusters, self.seed)
+        module.centres.copy_(centres)
+
+
+def _partners(indices: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """For each index, another random index in [0, n) (itself only when n == 1)."""
+    if n < 2:
+        return indices.clone()
+    shift = torch.randint(1, n, (len(indices),), generator=generator)
+    return (indices + shift) % n
