@@ -14,6 +14,7 @@ from flawmap.models.base import (
 )
 from flawmap.models.cse import CSE
 from flawmap.models.fcdd import FCDD
+from flawmap.models.mlff import MLFF
 from flawmap.models.padim import Padim
 from flawmap.models.patchcore.model import PatchCore
 from flawmap.models.simplenet import SimpleNet, TrisimpleNet
@@ -21,6 +22,7 @@ from flawmap.models.simplenet import SimpleNet, TrisimpleNet
 __all__ = [
     "CSE",
     "FCDD",
+    "MLFF",
     "AnomalyModule",
     "Detector",
     "Padim",
