@@ -24,9 +24,9 @@ smallest principal std of the normal features, and the discriminator cannot tell
 their RMS per-channel std on the training set (``feature_scaling``, a stored buffer), and express
 ``noise_sigma`` in those units. Its default, 0.8, was chosen on training data only:
 ``benchmarks/select_on_training.py`` fits on 80 % of train/good of bottle and magnetic
-tile and validates on the other 20 % plus synthetically damaged copies (``flawmap.synth``); see
-``benchmarks/results/simplenet_noise_sigma_selection.md``. The fake-normal noise of TrisimpleNet keeps
-the paper's ratio sigma' = sigma / 100 unless given.
+tile and validates on the other 20 % plus synthetically damaged copies (``flawmap.synth``);
+see ``benchmarks/results/simplenet_noise_sigma_selection.md``. The fake-normal noise of
+TrisimpleNet keeps the paper's ratio sigma' = sigma / 100 unless given.
 """
 
 from __future__ import annotations
