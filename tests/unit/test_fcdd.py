@@ -226,8 +226,14 @@ def test_upsampling_is_fcdds_shifted_transposed_convolution(
     torch.testing.assert_close(up(low, size), reference)
 
 
+def test_default_stage_is_stride_16() -> None:
+    module = FCDD(**FAST)._build_module("random")
+    assert module.extractor.strides == (16,)
+    assert module.upsample.kernel.shape == (339, 339) and int(module.upsample.start) == -154
+
+
 def test_module_maps_are_the_upsampled_pseudo_huber_scores() -> None:
-    model = FCDD(**FAST)
+    model = FCDD(**{**FAST, "layers": (2,)})  # the stride-8 stage: r = 67
     module = model._build_module("random").eval()
     assert module.upsample.kernel.shape == (67, 67) and int(module.upsample.start) == -26
     images = toy_images(2)
