@@ -511,14 +511,11 @@ class FCDD(Detector):
 
     Args:
         loss: ``"hsc_pixel"`` (eq. 5, seed paper) or ``"fcdd"`` (eq. 4, FCDD).
-        epochs: training epochs of ``passes_per_epoch`` passes each. CPU default 4. Measured
-            with ``tf_efficientnet_lite0`` at 224 px, batch 16 (timing probe of 8 batches):
-            ~20 ms per training image on 2 threads (Xeon, idle), ~35 ms on 1 thread of the
-            project machine while another job ran; forward/backward dominate, confetti and
-            augmentation ~5 ms. So an epoch (10 passes) takes ~40 s on bottle (188 images after
-            the 10 % threshold holdout) and ~2.3 min on magnetic tile (686 images): 4 epochs
-            ~3 min and ~9-11 min; 256 px costs ~1.3x more. The paper trains 50
-            (``PAPER_SCHEDULE``).
+        epochs: training epochs of ``passes_per_epoch`` passes each. CPU default 4 (8 and 16
+            scored lower on training-only validation). Measured with the default stride-16
+            stage at 224 px, batch 16, one torch thread beside another busy job: bottle (188
+            images after the holdout) ~5.5 min, magnetic tile (686) ~19.5 min
+            (``benchmarks/fcdd.py``). The paper trains 50 (``PAPER_SCHEDULE``).
         passes_per_epoch: passes over the training set per epoch (paper: 10).
         train_batch_size: images per SGD step (paper: 128).
         lr, momentum, weight_decay: SGD with Nesterov momentum (paper: 1e-3, 0.9, 1e-4).
