@@ -186,15 +186,15 @@ def run_benchmark(
     baselines: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Run every (model, params, category, seed) in its own subprocess; merge the records into
-    ``benchmarks/results/<name>.json`` and write the mean ± std table to ``<name>.md``."""
+    ``benchmarks/results/<name>.json`` (after every run, so an interrupted benchmark keeps what
+    finished) and write the mean ± std table to ``<name>.md``."""
     results_dir = ROOT / "benchmarks" / "results"
-    records = []
+    merged = merge_records(results_dir / f"{name}.json", [])
     for model, params, category, seed in runs:
         print(f"== {model} {params or ''} on {category}, seed {seed}", flush=True)
         record = run_in_subprocess(args, model, category, seed, params)
         print(json.dumps(record), flush=True)
-        records.append(record)
-    merged = merge_records(results_dir / f"{name}.json", records)
+        merged = merge_records(results_dir / f"{name}.json", [record])
     command = f"python benchmarks/{name}.py " + " ".join(sys.argv[1:])
     text = (
         f"Command: `{command}`\n\n{preamble}\n\n{mean_std_table([*baselines, *merged], columns)}\n"

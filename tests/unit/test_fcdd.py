@@ -323,17 +323,27 @@ def test_truncation_keeps_outputs() -> None:
 
 
 # --------------------------------------------------------------------------- training
-def test_frozen_stages_stay_and_fine_tuned_stage_and_head_change() -> None:
-    model = FCDD(**FAST, epochs=1, passes_per_epoch=2, seed=3)
+@pytest.mark.parametrize(
+    ("layers", "tuned_blocks"),
+    [
+        ((2,), (".blocks.2.",)),  # stride 8: the fine-tuned stage is exactly blocks.2
+        (None, (".blocks.3.", ".blocks.4.")),  # default stride 16: blocks after stride 8's output
+    ],
+)
+def test_frozen_stages_stay_and_fine_tuned_stage_and_head_change(
+    layers: tuple[int, ...] | None, tuned_blocks: tuple[str, ...]
+) -> None:
+    model = FCDD(**FAST, layers=layers, epochs=1, passes_per_epoch=2, seed=3)
     seed_everything(3)
     initial = model._build_module("random").state_dict()
     model.fit(toy_images(8))
     fitted = model.module_.state_dict()
     assert initial.keys() == fitted.keys()
     changed = {k for k in initial if not torch.equal(initial[k], fitted[k])}
-    frozen = [k for k in initial if k.startswith("extractor.net.") and ".blocks.2." not in k]
+    in_tuned = [k for k in initial if any(b in k for b in tuned_blocks)]
+    frozen = [k for k in initial if k.startswith("extractor.net.") and k not in in_tuned]
     assert frozen and not changed & set(frozen)  # weights and BatchNorm statistics
-    tuned = [k for k in initial if "blocks.2." in k and k.endswith("weight")]
+    tuned = [k for k in in_tuned if k.endswith("weight")]
     assert tuned and set(tuned) <= changed
     assert {"head.weight", "head.bias", "input_min", "input_max"} <= changed
     assert not {"upsample.kernel1d", "upsample.start"} & changed
@@ -342,7 +352,9 @@ def test_frozen_stages_stay_and_fine_tuned_stage_and_head_change() -> None:
 @pytest.mark.parametrize("loss", ["hsc_pixel", "fcdd"])
 def test_training_lowers_the_loss_and_finds_a_planted_defect(loss: str) -> None:
     train = toy_images(12)
-    model = FCDD(**FAST, loss=loss, epochs=8, passes_per_epoch=4, train_batch_size=4)
+    # 64 px toy images: the stride-8 stage (r = 67 px); the default stride-16 stage's 339 px
+    # receptive field spans the whole image, so its 4 x 4 map cannot localise here
+    model = FCDD(**FAST, layers=(2,), loss=loss, epochs=8, passes_per_epoch=4, train_batch_size=4)
     seed_everything(model.seed)
     initial = model._build_module("random").eval()  # the module fit starts from
     initial.fit_input_range(train)

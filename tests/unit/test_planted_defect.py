@@ -20,7 +20,7 @@ FAST_PARAMS = {
     # toy data: larger defect noise and lr than the paper (see test_simplenet.py)
     "simplenet": {"epochs": 30, "lr": 1e-3, "noise_sigma": 0.3},
     "trisimplenet": {"epochs": 30, "lr": 1e-3, "noise_sigma": 0.3},
-    "fcdd": {"epochs": 3},
+    "fcdd": {"epochs": 3, "layers": (2,)},  # 64 px: stride 8 (stride 16's field is 339 px)
     "mlff": {"epochs": 3},
     "cse": {"epochs": 5, "layers": (2, 3), "n_clusters": 4},  # 64 px: finer stages, k=4 borders
 }
