@@ -46,6 +46,22 @@ ABLATION_PREAMBLE = (
 )
 
 
+def main_full_runs(args: argparse.Namespace) -> list[dict]:
+    """The default benchmark's runs (``variant="full"`` is the default) of the ablation's
+    category and seeds, labelled as the ablation's last column: the same configuration and
+    seed, so ``--variants`` without ``full`` need not train it again."""
+    path = ROOT / "benchmarks" / "results" / "mlff.json"
+    records = json.loads(path.read_text()) if path.is_file() else []
+    return [
+        {**r, "params": {"variant": "full"}}
+        for r in records
+        if not r.get("params")
+        and r["category"] == args.ablation_category
+        and int(r.get("seed", 0)) in args.ablation_seeds
+        and r.get("image_size", args.image_size) == args.image_size
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ablation", action="store_true", help="run Table 4's variants instead")
@@ -66,7 +82,8 @@ def main() -> None:
             for variant in args.variants
             for seed in args.ablation_seeds
         ]
-        run_benchmark("mlff_ablation", runs, args, COLUMNS, ABLATION_PREAMBLE)
+        full = [] if "full" in args.variants or extra else main_full_runs(args)
+        run_benchmark("mlff_ablation", runs, args, COLUMNS, ABLATION_PREAMBLE, full)
         return
     runs = [("mlff", extra, c, s) for c in args.categories for s in args.seeds]
     foundation = ROOT / "benchmarks" / "results" / "foundation.json"
