@@ -286,6 +286,21 @@ def test_consistency_is_zero_when_score_distances_equal_feature_distances() -> N
     assert torch.isfinite(grad).all()  # the zero diagonal has a finite gradient
 
 
+def test_consistency_gradient_is_finite_when_two_patches_coincide() -> None:
+    # flat, saturated image regions give identical patch features and scores; the backward
+    # pass of sqrt at a zero distance must not turn them into NaN (it did, on magnetic tile)
+    g = torch.Generator().manual_seed(2)
+    features = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    scores = torch.randn(6, 1, generator=g, dtype=torch.float64)
+    features[3], scores[5] = features[1], scores[0]
+    features.requires_grad_(True)
+    scores.requires_grad_(True)
+    loss = consistency_kl(features, scores)
+    assert loss.item() == pytest.approx(kl_direct(features.detach(), scores.detach()), rel=1e-9)
+    loss.backward()
+    assert torch.isfinite(features.grad).all() and torch.isfinite(scores.grad).all()
+
+
 def test_consistency_loss_uses_normal_patches_only_and_is_seeded() -> None:
     g = torch.Generator().manual_seed(1)
     psi = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)

@@ -142,12 +142,16 @@ def consistency_kl(features: torch.Tensor, scores: torch.Tensor) -> torch.Tensor
 
 
 def _pairwise_distances(x: torch.Tensor) -> torch.Tensor:
-    """(K, C) -> (K, K) Euclidean distances, with a finite gradient on the diagonal."""
+    """(K, C) -> (K, K) Euclidean distances, with a finite gradient wherever two rows coincide.
+
+    sqrt has an infinite derivative at 0, and 0 x inf = NaN in the backward pass: every zero
+    distance (the diagonal, and two identical rows, e.g. the features of two patches of a flat,
+    saturated image region) is taken as sqrt(1) and then zeroed, so its gradient is 0.
+    """
     diff = x[:, None, :] - x[None, :, :]
     square = (diff * diff).sum(dim=-1)
-    eye = torch.eye(len(x), dtype=torch.bool, device=x.device)
-    # sqrt has an infinite derivative at 0: take it of 1 on the diagonal, then zero it.
-    return torch.where(eye, torch.zeros_like(square), torch.sqrt(torch.where(eye, 1.0, square)))
+    zero = square <= 0
+    return torch.where(zero, torch.zeros_like(square), torch.sqrt(torch.where(zero, 1.0, square)))
 
 
 def consistency_loss(
