@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from flawmap.errors import ConfigError
@@ -33,17 +34,45 @@ def run_epochs(
     progress: bool = False,
     desc: str = "train",
     on_epoch_end: Callable[[int, float], None] | None = None,
+    module: nn.Module | None = None,
 ) -> TrainingHistory:
     """Run ``epochs`` passes over ``n_items`` items in seeded random batches.
 
     ``step(indices, generator)`` computes the loss of one batch (``indices`` (B,) int64 into the
     model's cached training data; ``generator`` seeds its noise); the loop backpropagates it and
-    steps every optimiser.
+    steps every optimiser. ``module``, when given, is in train mode during the loop (frozen
+    backbones keep eval mode, see ``FeatureExtractor.train``) and back in eval mode afterwards,
+    also when a step raises.
     """
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if module is None:
+        return _loop(
+            step, optimizers, n_items, batch_size, epochs, seed, progress, desc, on_epoch_end
+        )
+    module.train()
+    try:
+        return _loop(
+            step, optimizers, n_items, batch_size, epochs, seed, progress, desc, on_epoch_end
+        )
+    finally:
+        module.eval()
+
+
+def _loop(
+    step: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    optimizers: list[torch.optim.Optimizer],
+    n_items: int,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    progress: bool,
+    desc: str,
+    on_epoch_end: Callable[[int, float], None] | None,
+) -> TrainingHistory:
+    """The loop of :func:`run_epochs` (arguments checked there)."""
     generator = torch.Generator().manual_seed(seed)
     history = TrainingHistory()
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)

@@ -637,21 +637,18 @@ class CSE(Detector):
             if best is None or val_losses[-1] < val_losses[best_epoch]:
                 best, best_epoch = copy.deepcopy(module.embedder.state_dict()), epoch
 
-        module.train()
-        try:
-            history = run_epochs(
-                step,
-                [optimizer],
-                n_items=n_train,
-                batch_size=self.train_batch_size,
-                epochs=self.epochs,
-                seed=self.seed,
-                progress=progress,
-                desc=f"{self.name}: train",
-                on_epoch_end=on_epoch_end,
-            )
-        finally:
-            module.eval()
+        history = run_epochs(
+            step,
+            [optimizer],
+            n_items=n_train,
+            batch_size=self.train_batch_size,
+            epochs=self.epochs,
+            seed=self.seed,
+            progress=progress,
+            desc=f"{self.name}: train",
+            module=module,
+            on_epoch_end=on_epoch_end,
+        )
         if best is not None:
             module.embedder.load_state_dict(best)
         self.history_ = CSEHistory(

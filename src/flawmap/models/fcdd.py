@@ -649,18 +649,15 @@ class FCDD(Detector):
                 images, masks = augment(images, masks, generator)
             return loss_fn(module.anomaly_maps(images), masks[:, 0])
 
-        module.train()
-        try:
-            self.history_ = run_epochs(
-                step,
-                [optimizer],
-                n_items=self.passes_per_epoch * n,
-                batch_size=self.train_batch_size,
-                epochs=self.epochs,
-                seed=self.seed,
-                progress=progress,
-                desc=f"{self.name}: train",
-                on_epoch_end=lambda _epoch, _loss: scheduler.step(),
-            )
-        finally:
-            module.eval()
+        self.history_ = run_epochs(
+            step,
+            [optimizer],
+            n_items=self.passes_per_epoch * n,
+            batch_size=self.train_batch_size,
+            epochs=self.epochs,
+            seed=self.seed,
+            progress=progress,
+            desc=f"{self.name}: train",
+            module=module,
+            on_epoch_end=lambda _epoch, _loss: scheduler.step(),
+        )

@@ -246,8 +246,6 @@ class SimpleNet(Detector):
             cached /= scale
         params = [*module.adaptor.parameters(), *module.discriminator.parameters()]
         optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        module.adaptor.train()
-        module.discriminator.train()
 
         def step(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
             return self.loss(module, cached[indices].reshape(-1, cached.shape[-1]), generator)
@@ -261,8 +259,8 @@ class SimpleNet(Detector):
             seed=self.seed,
             progress=progress,
             desc=f"{self.name}: train",
+            module=module,
         )
-        module.eval()
 
 
 @register_model

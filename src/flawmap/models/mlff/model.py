@@ -453,18 +453,15 @@ class MLFF(Detector):
             self.epoch_seconds_.append(now - clock[0])
             clock[0] = now
 
-        module.train()
-        try:
-            self.history_ = run_epochs(
-                step,
-                [optimizer],
-                n_items=n_items,
-                batch_size=self.train_batch_size,
-                epochs=self.epochs,
-                seed=self.seed,
-                progress=progress,
-                desc=f"{self.name}: train",
-                on_epoch_end=on_epoch_end,
-            )
-        finally:
-            module.eval()
+        self.history_ = run_epochs(
+            step,
+            [optimizer],
+            n_items=n_items,
+            batch_size=self.train_batch_size,
+            epochs=self.epochs,
+            seed=self.seed,
+            progress=progress,
+            desc=f"{self.name}: train",
+            module=module,
+            on_epoch_end=on_epoch_end,
+        )
