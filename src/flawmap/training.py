@@ -7,7 +7,8 @@ checkpoint policies are "last epoch" or a criterion on training-only data (the m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -48,50 +49,39 @@ def run_epochs(
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if module is None:
-        return _loop(
-            step, optimizers, n_items, batch_size, epochs, seed, progress, desc, on_epoch_end
-        )
-    module.train()
-    try:
-        return _loop(
-            step, optimizers, n_items, batch_size, epochs, seed, progress, desc, on_epoch_end
-        )
-    finally:
-        module.eval()
-
-
-def _loop(
-    step: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-    optimizers: list[torch.optim.Optimizer],
-    n_items: int,
-    batch_size: int,
-    epochs: int,
-    seed: int,
-    progress: bool,
-    desc: str,
-    on_epoch_end: Callable[[int, float], None] | None,
-) -> TrainingHistory:
-    """The loop of :func:`run_epochs` (arguments checked there)."""
     generator = torch.Generator().manual_seed(seed)
     history = TrainingHistory()
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
-    for epoch in bar:
-        order = torch.randperm(n_items, generator=generator)
-        total, count = 0.0, 0
-        for start in range(0, n_items, batch_size):
-            indices = order[start : start + batch_size]
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            loss = step(indices, generator)
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
-            total += float(loss.detach()) * len(indices)
-            count += len(indices)
-        mean = total / max(count, 1)
-        history.epoch_losses.append(mean)
-        bar.set_postfix(loss=f"{mean:.4f}")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, mean)
+    with _train_mode(module):
+        for epoch in bar:
+            order = torch.randperm(n_items, generator=generator)
+            total, count = 0.0, 0
+            for start in range(0, n_items, batch_size):
+                indices = order[start : start + batch_size]
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
+                loss = step(indices, generator)
+                loss.backward()
+                for optimizer in optimizers:
+                    optimizer.step()
+                total += float(loss.detach()) * len(indices)
+                count += len(indices)
+            mean = total / max(count, 1)
+            history.epoch_losses.append(mean)
+            bar.set_postfix(loss=f"{mean:.4f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, mean)
     return history
+
+
+@contextmanager
+def _train_mode(module: nn.Module | None) -> Iterator[None]:
+    """``module`` in train mode inside the block, in eval mode after it (nothing for None)."""
+    if module is None:
+        yield
+        return
+    module.train()
+    try:
+        yield
+    finally:
+        module.eval()

@@ -375,10 +375,10 @@ def test_training_lowers_the_loss_and_finds_a_planted_defect(loss: str) -> None:
 
 
 def test_sgd_schedule_and_an_epoch_is_ten_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    import flawmap.models.fcdd as fcdd_module
+    import flawmap.models.base as base_module  # TrainedDetector._train calls run_epochs there
 
     seen: dict[str, list] = {"n_items": [], "lrs": [], "optimizers": []}
-    original = fcdd_module.run_epochs
+    original = base_module.run_epochs
 
     def spy(step, optimizers, n_items, **kwargs):
         seen["n_items"].append(n_items)
@@ -390,7 +390,7 @@ def test_sgd_schedule_and_an_epoch_is_ten_passes(monkeypatch: pytest.MonkeyPatch
 
         return original(step, optimizers, n_items, **{**kwargs, "on_epoch_end": on_epoch_end})
 
-    monkeypatch.setattr(fcdd_module, "run_epochs", spy)
+    monkeypatch.setattr(base_module, "run_epochs", spy)
     FCDD(**FAST, epochs=2, train_batch_size=32).fit(toy_images(3))
     assert seen["n_items"] == [30]  # 10 passes over the 3 training images
     np.testing.assert_allclose(seen["lrs"], [1e-3 * 0.985, 1e-3 * 0.985**2])

@@ -108,6 +108,21 @@ def test_same_seed_same_result(fitted: Detector, data: tuple[MVTecDataset, MVTec
     np.testing.assert_array_equal(fitted.predict(data[1]).scores, again.predict(data[1]).scores)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_predict_keeps_torch_thread_count(
+    fitted: Detector, data: tuple[MVTecDataset, MVTecDataset], threads: int
+) -> None:
+    # a model must not change the thread count the user chose (`--threads`); the first-call
+    # case of PaDiM's numba kernel is checked in a fresh process in test_padim.py
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fitted.predict(data[1])
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_tensor_input_matches_dataset_input(
     fitted: Detector, data: tuple[MVTecDataset, MVTecDataset]
 ) -> None:

@@ -22,7 +22,7 @@ import math
 import random
 import time
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -39,6 +39,7 @@ from flawmap.data import ImageTransform, split_holdout
 from flawmap.errors import ConfigError, DataError, NotFittedError
 from flawmap.models.postprocess import AnomalyMapPostprocessor, learn_threshold
 from flawmap.registry import Registry
+from flawmap.training import TrainingHistory, run_epochs
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -347,6 +348,41 @@ class Detector(abc.ABC):
         self.module_ = module
         self.train_seconds_ = fit_info.get("train_seconds")
         self.n_train_ = fit_info.get("n_train")
+
+
+class TrainedDetector(Detector):
+    """A detector whose head is trained by gradient descent (:func:`flawmap.training.run_epochs`).
+
+    Subclasses store ``epochs`` and ``train_batch_size`` (constructor arguments) and train
+    through :meth:`_train`, which fills in the shared loop's settings.
+    """
+
+    epochs: int
+    train_batch_size: int
+
+    def _train(
+        self,
+        module: nn.Module,
+        step: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+        optimizers: list[torch.optim.Optimizer],
+        n_items: int,
+        progress: bool,
+        on_epoch_end: Callable[[int, float], None] | None = None,
+    ) -> TrainingHistory:
+        """:func:`~flawmap.training.run_epochs` over ``n_items`` items with this detector's
+        epochs, batch size and seed; ``module`` is in train mode during the loop only."""
+        return run_epochs(
+            step,
+            optimizers,
+            n_items=n_items,
+            batch_size=self.train_batch_size,
+            epochs=self.epochs,
+            seed=self.seed,
+            progress=progress,
+            desc=f"{self.name}: train",
+            on_epoch_end=on_epoch_end,
+            module=module,
+        )
 
 
 def _jsonable(value: Any) -> Any:

@@ -79,9 +79,9 @@ from torch.utils.data import Dataset
 from flawmap.backbones import FeatureExtractor
 from flawmap.data import split_holdout
 from flawmap.errors import ConfigError, DataError
-from flawmap.models.base import AnomalyModule, Detector, register_model
+from flawmap.models.base import AnomalyModule, TrainedDetector, register_model
 from flawmap.synth import DefectSynthesizer
-from flawmap.training import TrainingHistory, run_epochs
+from flawmap.training import TrainingHistory
 
 __all__ = [
     "CSE",
@@ -325,7 +325,7 @@ class _Pairs:
 
 
 @register_model
-class CSE(Detector):
+class CSE(TrainedDetector):
     """CSE: contrastively trained 1x1-conv embedder on deep features, cosine distance to
     k-means centres of the training embeddings; see the module docstring.
 
@@ -637,17 +637,8 @@ class CSE(Detector):
             if best is None or val_losses[-1] < val_losses[best_epoch]:
                 best, best_epoch = copy.deepcopy(module.embedder.state_dict()), epoch
 
-        history = run_epochs(
-            step,
-            [optimizer],
-            n_items=n_train,
-            batch_size=self.train_batch_size,
-            epochs=self.epochs,
-            seed=self.seed,
-            progress=progress,
-            desc=f"{self.name}: train",
-            module=module,
-            on_epoch_end=on_epoch_end,
+        history = self._train(
+            module, step, [optimizer], n_train, progress, on_epoch_end=on_epoch_end
         )
         if best is not None:
             module.embedder.load_state_dict(best)

@@ -66,9 +66,9 @@ from torch.utils.data import Dataset
 from flawmap.backbones import FeatureExtractor
 from flawmap.data import FolderDataset, ImageTransform
 from flawmap.errors import ConfigError, DataError
-from flawmap.models.base import AnomalyModule, Detector, register_model
+from flawmap.models.base import AnomalyModule, TrainedDetector, register_model
 from flawmap.synth import ConfettiNoise
-from flawmap.training import TrainingHistory, run_epochs
+from flawmap.training import TrainingHistory
 
 __all__ = [
     "FCDD",
@@ -505,7 +505,7 @@ class FCDDModule(AnomalyModule):
 
 # --------------------------------------------------------------------------- detector
 @register_model
-class FCDD(Detector):
+class FCDD(TrainedDetector):
     """FCDD with a selectable loss: eq. 4 (``"fcdd"``) or the pixel-wise HSC eq. 5
     (``"hsc_pixel"``, default), trained on confetti noise or on a few real anomalies.
 
@@ -649,15 +649,11 @@ class FCDD(Detector):
                 images, masks = augment(images, masks, generator)
             return loss_fn(module.anomaly_maps(images), masks[:, 0])
 
-        self.history_ = run_epochs(
+        self.history_ = self._train(
+            module,
             step,
             [optimizer],
-            n_items=self.passes_per_epoch * n,
-            batch_size=self.train_batch_size,
-            epochs=self.epochs,
-            seed=self.seed,
-            progress=progress,
-            desc=f"{self.name}: train",
-            module=module,
+            self.passes_per_epoch * n,
+            progress,
             on_epoch_end=lambda _epoch, _loss: scheduler.step(),
         )

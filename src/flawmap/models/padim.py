@@ -10,6 +10,8 @@ kept, drawn at random with ``seed`` (the paper's random dimensionality reduction
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numba
 import numpy as np
 import torch
@@ -95,10 +97,32 @@ class PadimModule(AnomalyModule):
                 f"{h}x{w}; use the image size the model was fitted with"
             )
         delta = emb.flatten(2).permute(2, 0, 1) - self.mean[:, None, :]  # (P, B, d)
-        squared = _mahalanobis_squared(
-            np.ascontiguousarray(delta.float().numpy()), self.inv_covariance.numpy()
+        squared = _within_torch_threads(
+            _mahalanobis_squared,
+            np.ascontiguousarray(delta.float().numpy()),
+            self.inv_covariance.numpy(),
         )
         return torch.from_numpy(squared).clamp_min(0).sqrt().T.reshape(b, 1, h, w)
+
+
+def _within_torch_threads(kernel: Callable[..., np.ndarray], *args: np.ndarray) -> np.ndarray:
+    """Run a parallel numba ``kernel`` on as many threads as torch uses, and leave torch's
+    thread count as it was.
+
+    numba's OpenMP threading layer shares the OpenMP runtime with torch and sets its thread
+    count to numba's own (all cores) on the first parallel call: without this, a process
+    limited by ``OMP_NUM_THREADS=1`` ran torch on 2 threads after the first PaDiM prediction,
+    and torch's results changed in the last bits with the thread count (same seed, different
+    scores).
+    """
+    threads = torch.get_num_threads()
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_num_threads(previous)
+        torch.set_num_threads(threads)
 
 
 @register_model

@@ -40,9 +40,9 @@ from torch.utils.data import Dataset
 
 from flawmap.backbones import FeatureExtractor
 from flawmap.errors import DataError
-from flawmap.models.base import AnomalyModule, Detector, register_model
+from flawmap.models.base import AnomalyModule, TrainedDetector, register_model
 from flawmap.models.features import check_patch_size, local_patch_features
-from flawmap.training import TrainingHistory, run_epochs
+from flawmap.training import TrainingHistory
 
 
 def simplenet_loss(
@@ -144,7 +144,7 @@ class SimpleNetModule(AnomalyModule):
 
 
 @register_model
-class SimpleNet(Detector):
+class SimpleNet(TrainedDetector):
     """SimpleNet: adaptor + discriminator on Gaussian-noise defect features; score = -D(G(o)).
 
     Args:
@@ -250,17 +250,7 @@ class SimpleNet(Detector):
         def step(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
             return self.loss(module, cached[indices].reshape(-1, cached.shape[-1]), generator)
 
-        self.history_ = run_epochs(
-            step,
-            [optimizer],
-            n_items=len(cached),
-            batch_size=self.train_batch_size,
-            epochs=self.epochs,
-            seed=self.seed,
-            progress=progress,
-            desc=f"{self.name}: train",
-            module=module,
-        )
+        self.history_ = self._train(module, step, [optimizer], len(cached), progress)
 
 
 @register_model

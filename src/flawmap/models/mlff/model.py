@@ -73,7 +73,7 @@ from torch.utils.data import Dataset
 
 from flawmap.backbones import FeatureExtractor
 from flawmap.errors import ConfigError, DataError
-from flawmap.models.base import AnomalyModule, Detector, register_model
+from flawmap.models.base import AnomalyModule, TrainedDetector, register_model
 from flawmap.models.mlff.losses import (
     NORMAL,
     consistency_loss,
@@ -84,7 +84,7 @@ from flawmap.models.mlff.losses import (
 )
 from flawmap.models.mlff.modules import SelfCalibratedConv, STLNet, conv_bn
 from flawmap.synth import ConfettiNoise, CutPaste
-from flawmap.training import TrainingHistory, run_epochs
+from flawmap.training import TrainingHistory
 
 __all__ = ["MLFF", "VARIANTS", "MLFFModule", "MLFFNet", "Variant"]
 
@@ -195,7 +195,7 @@ def _positive_int(name: str, value: object, minimum: int = 1) -> None:
 
 
 @register_model
-class MLFF(Detector):
+class MLFF(TrainedDetector):
     """Multi-level feature fusion network trained on confetti / CutPaste pseudo-anomalies.
 
     Args:
@@ -453,15 +453,6 @@ class MLFF(Detector):
             self.epoch_seconds_.append(now - clock[0])
             clock[0] = now
 
-        self.history_ = run_epochs(
-            step,
-            [optimizer],
-            n_items=n_items,
-            batch_size=self.train_batch_size,
-            epochs=self.epochs,
-            seed=self.seed,
-            progress=progress,
-            desc=f"{self.name}: train",
-            module=module,
-            on_epoch_end=on_epoch_end,
+        self.history_ = self._train(
+            module, step, [optimizer], n_items, progress, on_epoch_end=on_epoch_end
         )
