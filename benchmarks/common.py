@@ -114,6 +114,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="", help="folder for evaluation examples (optional)")
     parser.add_argument("--params", default="{}", help="JSON dict of extra model parameters")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="rewrite the .md table from the .json, run nothing",
+    )
 
 
 def run_in_subprocess(
@@ -190,14 +195,19 @@ def run_benchmark(
     finished) and write the mean ± std table to ``<name>.md``."""
     results_dir = ROOT / "benchmarks" / "results"
     merged = merge_records(results_dir / f"{name}.json", [])
-    for model, params, category, seed in runs:
+    for model, params, category, seed in [] if args.table_only else runs:
         print(f"== {model} {params or ''} on {category}, seed {seed}", flush=True)
         record = run_in_subprocess(args, model, category, seed, params)
         print(json.dumps(record), flush=True)
         merged = merge_records(results_dir / f"{name}.json", [record])
-    command = f"python benchmarks/{name}.py " + " ".join(sys.argv[1:])
+    command = f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
+    what = (
+        "Table rewritten from the runs of several commands (BENCHMARKS.md)"
+        if args.table_only
+        else "Command"
+    )
     text = (
-        f"Command: `{command}`\n\n{preamble}\n\n{mean_std_table([*baselines, *merged], columns)}\n"
+        f"{what}: `{command}`\n\n{preamble}\n\n{mean_std_table([*baselines, *merged], columns)}\n"
     )
     (results_dir / f"{name}.md").write_text(text)
     print(text)

@@ -50,14 +50,22 @@ def main_full_runs(args: argparse.Namespace) -> list[dict]:
     """The default benchmark's runs (``variant="full"`` is the default) of the ablation's
     category and seeds, labelled as the ablation's last column: the same configuration and
     seed, so ``--variants`` without ``full`` need not train it again."""
-    path = ROOT / "benchmarks" / "results" / "mlff.json"
-    records = json.loads(path.read_text()) if path.is_file() else []
+    results = ROOT / "benchmarks" / "results"
+    records = (
+        json.loads((results / "mlff.json").read_text()) if (results / "mlff.json").is_file() else []
+    )
+    ablation = results / "mlff_ablation.json"
+    done = {  # seeds whose full variant the ablation itself ran
+        int(r.get("seed", 0))
+        for r in (json.loads(ablation.read_text()) if ablation.is_file() else [])
+        if r.get("params") == {"variant": "full"} and r["category"] == args.ablation_category
+    }
     return [
         {**r, "params": {"variant": "full"}}
         for r in records
         if not r.get("params")
         and r["category"] == args.ablation_category
-        and int(r.get("seed", 0)) in args.ablation_seeds
+        and int(r.get("seed", 0)) in set(args.ablation_seeds) - done
         and r.get("image_size", args.image_size) == args.image_size
     ]
 
@@ -82,7 +90,8 @@ def main() -> None:
             for variant in args.variants
             for seed in args.ablation_seeds
         ]
-        full = [] if "full" in args.variants or extra else main_full_runs(args)
+        rerun_full = "full" in args.variants and not args.table_only
+        full = [] if rerun_full or extra else main_full_runs(args)
         run_benchmark("mlff_ablation", runs, args, COLUMNS, ABLATION_PREAMBLE, full)
         return
     runs = [("mlff", extra, c, s) for c in args.categories for s in args.seeds]
