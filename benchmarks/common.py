@@ -142,12 +142,15 @@ def run_in_subprocess(
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """The run records of a results file, or none when it does not exist yet."""
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
 def merge_records(path: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Write ``records`` to ``path``, keeping earlier rows of other (method, category, seed)."""
     fresh = {run_key(r) for r in records}
-    kept = []
-    if path.is_file():
-        kept = [r for r in json.loads(path.read_text()) if run_key(r) not in fresh]
+    kept = [r for r in load_records(path) if run_key(r) not in fresh]
     merged = sorted(kept + records, key=run_key)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(merged, indent=2) + "\n")
@@ -194,7 +197,7 @@ def run_benchmark(
     ``benchmarks/results/<name>.json`` (after every run, so an interrupted benchmark keeps what
     finished) and write the mean ± std table to ``<name>.md``."""
     results_dir = ROOT / "benchmarks" / "results"
-    merged = merge_records(results_dir / f"{name}.json", [])
+    merged = load_records(results_dir / f"{name}.json")
     for model, params, category, seed in [] if args.table_only else runs:
         print(f"== {model} {params or ''} on {category}, seed {seed}", flush=True)
         record = run_in_subprocess(args, model, category, seed, params)

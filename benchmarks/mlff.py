@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from common import CATEGORIES, ROOT, add_run_arguments, run_benchmark
+from common import CATEGORIES, ROOT, add_run_arguments, load_records, run_benchmark
 
 VARIANTS = ("baseline", "+sc", "+stl", "+score", "full")
 COLUMNS = [
@@ -51,18 +51,14 @@ def main_full_runs(args: argparse.Namespace) -> list[dict]:
     category and seeds, labelled as the ablation's last column: the same configuration and
     seed, so ``--variants`` without ``full`` need not train it again."""
     results = ROOT / "benchmarks" / "results"
-    records = (
-        json.loads((results / "mlff.json").read_text()) if (results / "mlff.json").is_file() else []
-    )
-    ablation = results / "mlff_ablation.json"
     done = {  # seeds whose full variant the ablation itself ran
         int(r.get("seed", 0))
-        for r in (json.loads(ablation.read_text()) if ablation.is_file() else [])
+        for r in load_records(results / "mlff_ablation.json")
         if r.get("params") == {"variant": "full"} and r["category"] == args.ablation_category
     }
     return [
         {**r, "params": {"variant": "full"}}
-        for r in records
+        for r in load_records(results / "mlff.json")
         if not r.get("params")
         and r["category"] == args.ablation_category
         and int(r.get("seed", 0)) in set(args.ablation_seeds) - done
@@ -95,8 +91,7 @@ def main() -> None:
         run_benchmark("mlff_ablation", runs, args, COLUMNS, ABLATION_PREAMBLE, full)
         return
     runs = [("mlff", extra, c, s) for c in args.categories for s in args.seeds]
-    foundation = ROOT / "benchmarks" / "results" / "foundation.json"
-    baselines = json.loads(foundation.read_text()) if foundation.is_file() else []
+    baselines = load_records(ROOT / "benchmarks" / "results" / "foundation.json")
     run_benchmark("mlff", runs, args, COLUMNS, PREAMBLE, baselines)
 
 

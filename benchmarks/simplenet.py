@@ -11,9 +11,8 @@ to ``benchmarks/results/simplenet.json``; the table (mean ± std over seeds) to
 from __future__ import annotations
 
 import argparse
-import json
 
-from common import CATEGORIES, ROOT, add_run_arguments, run_benchmark
+from common import CATEGORIES, ROOT, add_run_arguments, load_records, run_benchmark
 
 MODELS = ("simplenet", "trisimplenet")
 COLUMNS = [
@@ -41,8 +40,7 @@ def main() -> None:
     add_run_arguments(parser)
     args = parser.parse_args()
     runs = [(m, {}, c, s) for c in args.categories for m in args.models for s in args.seeds]
-    foundation = ROOT / "benchmarks" / "results" / "foundation.json"
-    baselines = json.loads(foundation.read_text()) if foundation.is_file() else []
+    baselines = load_records(ROOT / "benchmarks" / "results" / "foundation.json")
     run_benchmark("simplenet", runs, args, COLUMNS, PREAMBLE, baselines)
 
 
