@@ -160,14 +160,25 @@ def merge_records(path: Path, records: list[dict[str, Any]]) -> list[dict[str, A
 Column = tuple[str, str, str]  # (record key, header, number format)
 
 
-def mean_std_table(records: list[dict[str, Any]], columns: list[Column]) -> str:
-    """Markdown table, one row per (method, category): 'mean ± std' over seeds per column."""
+def mean_std_table(
+    records: list[dict[str, Any]], columns: list[Column], method_order: Sequence[str] = ()
+) -> str:
+    """Markdown table, one row per (method, category): 'mean ± std' over seeds per column.
+
+    Rows go by category, then the methods named in ``method_order`` in that order, then the
+    others alphabetically."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((method_label(r), r["category"]), []).append(r)
     header = ["method", "category", "seeds", *(c[1] for c in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (model, category), rows in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    rank = {label: i for i, label in enumerate(method_order)}
+
+    def row_key(key: tuple[str, str]) -> tuple[str, int, str]:
+        model, category = key
+        return (category, rank.get(model, len(rank)), model)
+
+    for (model, category), rows in sorted(groups.items(), key=lambda kv: row_key(kv[0])):
         cells = [model, category, str(len(rows))]
         for key, _, fmt in columns:
             values = [float(r[key]) for r in rows if r.get(key) is not None]
@@ -192,6 +203,7 @@ def run_benchmark(
     columns: list[Column],
     preamble: str,
     baselines: Sequence[dict[str, Any]] = (),
+    method_order: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Run every (model, params, category, seed) in its own subprocess; merge the records into
     ``benchmarks/results/<name>.json`` (after every run, so an interrupted benchmark keeps what
@@ -209,9 +221,8 @@ def run_benchmark(
         if args.table_only
         else "Command"
     )
-    text = (
-        f"{what}: `{command}`\n\n{preamble}\n\n{mean_std_table([*baselines, *merged], columns)}\n"
-    )
+    table = mean_std_table([*baselines, *merged], columns, method_order)
+    text = f"{what}: `{command}`\n\n{preamble}\n\n{table}\n"
     (results_dir / f"{name}.md").write_text(text)
     print(text)
     return merged

@@ -19,7 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from common import CATEGORIES, ROOT, add_run_arguments, load_records, run_benchmark
+from common import (
+    CATEGORIES,
+    ROOT,
+    add_run_arguments,
+    load_records,
+    method_label,
+    run_benchmark,
+)
 
 VARIANTS = ("baseline", "+sc", "+stl", "+score", "full")
 COLUMNS = [
@@ -88,7 +95,8 @@ def main() -> None:
         ]
         rerun_full = "full" in args.variants and not args.table_only
         full = [] if rerun_full or extra else main_full_runs(args)
-        run_benchmark("mlff_ablation", runs, args, COLUMNS, ABLATION_PREAMBLE, full)
+        order = [method_label({"model": "mlff", "params": {"variant": v}}) for v in VARIANTS]
+        run_benchmark("mlff_ablation", runs, args, COLUMNS, ABLATION_PREAMBLE, full, order)
         return
     runs = [("mlff", extra, c, s) for c in args.categories for s in args.seeds]
     baselines = load_records(ROOT / "benchmarks" / "results" / "foundation.json")
