@@ -21,6 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; run one benchmark per results file there
+    fcntl = None  # type: ignore[assignment]
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASETS = ROOT.parent / "shared" / "datasets"
 CATEGORIES = {"bottle": "mvtec_ad/bottle", "magnetic_tile": "magnetic_tile"}
@@ -148,12 +153,23 @@ def load_records(path: Path) -> list[dict[str, Any]]:
 
 
 def merge_records(path: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Write ``records`` to ``path``, keeping earlier rows of other (method, category, seed)."""
-    fresh = {run_key(r) for r in records}
-    kept = [r for r in load_records(path) if run_key(r) not in fresh]
-    merged = sorted(kept + records, key=run_key)
+    """Write ``records`` to ``path``, keeping earlier rows of other (method, category, seed).
+
+    The read-merge-write holds an exclusive lock on the file (where ``fcntl`` exists), so two
+    benchmarks running side by side and writing the same results file never drop each other's
+    rows."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=2) + "\n")
+    with path.open("a+", encoding="utf-8") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        handle.seek(0)
+        text = handle.read()
+        fresh = {run_key(r) for r in records}
+        kept = [r for r in (json.loads(text) if text.strip() else []) if run_key(r) not in fresh]
+        merged = sorted(kept + records, key=run_key)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(merged, indent=2) + "\n")
     return merged
 
 
