@@ -51,11 +51,12 @@ def test_parallel_merges_lose_no_rows(tmp_path: Path) -> None:
     path = tmp_path / "r.json"
     script = (
         "import importlib.util, sys\n"
+        "from pathlib import Path\n"
         f"spec = importlib.util.spec_from_file_location('c', {str(COMMON)!r})\n"
         "c = importlib.util.module_from_spec(spec); spec.loader.exec_module(c)\n"
         "worker = int(sys.argv[1])\n"
         "for i in range(25):\n"
-        f"    c.merge_records(__import__('pathlib').Path({str(path)!r}),\n"
+        f"    c.merge_records(Path({str(path)!r}),\n"
         "                    [{'model': f'm{worker}', 'category': 'bottle', 'seed': i}])\n"
     )
     workers = [

@@ -208,7 +208,8 @@ class MLFF(TrainedDetector):
             fusion network's forward and backward, then the backbone on the step's 16
             pseudo-anomalies), one epoch already giving image / pixel AUROC 1.00 / 0.95 and
             AUPRO 0.86. So 4 epochs take about 8 min on bottle and, with 3.6x
-            the images, about 30 min on magnetic tile at that speed (less on 2 idle threads).
+            the images, about 30 min on magnetic tile at that speed; measured there on 2 idle
+            threads: 19.2 min.
             ``epoch_seconds_`` holds the measured times after ``fit``. On bottle's training data
             (held-out good images + synthetic defects) 8 epochs validated better than 4, and
             raised test pixel AUROC from 0.951 to 0.957 over 3 seeds (BENCHMARKS.md): worth it
