@@ -21,3 +21,7 @@ class NotFittedError(FlawmapError, RuntimeError):
 
 class WeightsError(FlawmapError, RuntimeError):
     """Backbone weights could not be found; the message lists the offline options."""
+
+
+class FlawmapWarning(UserWarning):
+    """Something flawmap accepted but the user should know about (names the file or value)."""

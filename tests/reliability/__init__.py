@@ -1,0 +1,1 @@
+"""Hostile-but-fair inputs through the CLI and the API: each test asserts one specific outcome."""
