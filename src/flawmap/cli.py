@@ -1,21 +1,35 @@
-"""The ``flawmap`` command: thin, it only parses arguments and calls the library."""
+"""The ``flawmap`` command: thin, it only parses arguments and calls the library.
+
+Exit status: 0 success; 2 a user error (a bad option or input, with ``flawmap: error: ...`` on
+stderr, no traceback); 3 ``predict`` finished but some inputs could not be scored; 130
+interrupted (Ctrl-C); 1 anything else (a one-line message; ``FLAWMAP_DEBUG=1`` shows the
+traceback). Every option is checked by its argparse type before any work starts, and every output
+folder before a fit or evaluation starts. Heavy imports (torch, timm, the models) happen inside
+the commands, so ``flawmap --help`` and ``flawmap models`` start fast.
+"""
 
 from __future__ import annotations
 
 import argparse
 import ast
-import csv
-import json
+import math
+import os
 import sys
+import traceback
 import types
 import typing
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from flawmap.errors import ConfigError, DataError, FlawmapError, FlawmapWarning
 
-from flawmap.errors import ConfigError, FlawmapError
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
+EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL_ERROR = 1
 
 
 def parse_param(text: str, types_by_name: dict[str, Any]) -> tuple[str, Any]:
@@ -72,15 +86,129 @@ def _flatten(annotation: Any) -> set[Any]:
     return {annotation}
 
 
-def _image_size(text: str) -> int | tuple[int, int]:
-    if "x" in text:
-        h, w = text.lower().split("x", 1)
-        return int(h), int(w)
-    return int(text)
+# ------------------------------------------------------------------------------ option types
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        value = _integer(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (negative and scientific notation welcome)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def open_unit_interval(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    value = finite_float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}")
+    return value
+
+
+def _max_image_size() -> int | None:
+    """The largest supported side (``flawmap.data.transforms.MAX_IMAGE_SIZE``; imports torch)."""
+    try:
+        from flawmap.data import transforms
+    except ImportError:  # pragma: no cover - broken installation; the library checks again
+        return None
+    return getattr(transforms, "MAX_IMAGE_SIZE", None)
+
+
+def image_size(text: str) -> int | tuple[int, int]:
+    """argparse type: ``N`` or ``HxW``, positive and at most ``MAX_IMAGE_SIZE``."""
+    parts = text.lower().split("x")
+    if len(parts) > 2 or not all(p.strip().lstrip("+").isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected N or HxW with positive integers (e.g. 256 or 256x320), got {text!r}"
+        )
+    sides = [int(p) for p in parts]
+    if min(sides) < 1:
+        raise argparse.ArgumentTypeError(f"sides must be >= 1, got {text!r}")
+    largest = _max_image_size()
+    if largest is not None and max(sides) > largest:
+        raise argparse.ArgumentTypeError(
+            f"sides must be at most {largest} pixels, got {text!r}; images are resized to this "
+            "size, so a larger one only costs memory"
+        )
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
+def _looks_like_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _value_options(parser: argparse.ArgumentParser) -> set[str]:
+    """Option strings (of the parser and its sub-commands) that take exactly one value."""
+    found: set[str] = set()
+    stack = [parser]
+    while stack:
+        current = stack.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif action.option_strings and action.nargs is None:
+                found.update(action.option_strings)
+    return found
+
+
+def attach_negative_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """``--opt -1e30`` -> ``--opt=-1e30`` for options that take a value.
+
+    argparse reads a token that starts with ``-`` and is not a plain negative number
+    (``-1e30``, ``-inf``) as an option, so ``--threshold -1e30`` failed with "expected one
+    argument"; attached, the value reaches the option's type, which accepts or refuses it.
+    """
+    options = _value_options(parser)
+    out: list[str] = []
+    tokens = list(argv)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "--":
+            out.extend(tokens[i:])
+            break
+        following = tokens[i + 1] if i + 1 < len(tokens) else None
+        if (
+            token in options
+            and following is not None
+            and following.startswith("-")
+            and _looks_like_number(following)
+        ):
+            out.append(f"{token}={following}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
 
 
 def _set_threads(n: int | None) -> None:
-    if n:
+    if n is not None:
         import torch
 
         torch.set_num_threads(n)
@@ -88,24 +216,39 @@ def _set_threads(n: int | None) -> None:
 
 # ------------------------------------------------------------------------------ commands
 def cmd_models(args: argparse.Namespace) -> int:
+    """List models and backbones from the static registries (imports no torch)."""
     from flawmap.backbones import DEFAULT_BACKBONE, list_backbones
-    from flawmap.models import list_models, model_class
+    from flawmap.models import list_models
+    from flawmap.models.catalogue import builtin_entry
 
     print("models:")
     for name in list_models():
-        doc = (model_class(name).__doc__ or "").strip().splitlines()[0]
-        print(f"  {name:<12} {doc}")
+        entry = builtin_entry(name)
+        if entry is not None:
+            summary = entry.summary
+        else:  # registered by a plugin: its class is imported already
+            from flawmap.models import model_class
+            from flawmap.models.catalogue import summary_of
+
+            summary = summary_of(model_class(name).__doc__)
+        print(f"  {name:<12} {summary}")
     print("backbones:")
     for name in list_backbones():
         print(f"  {name}{' (default)' if name == DEFAULT_BACKBONE else ''}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from flawmap.outputs import check_output_folder
+
+    check_output_folder(args.out)
+    from flawmap.models.base import check_save_target
+
+    check_save_target(args.out, args.overwrite)
+    _set_threads(args.threads)
     from flawmap.data import MVTecDataset
     from flawmap.models import create_model, model_class
 
-    _set_threads(args.threads)
     cls = model_class(args.model)
     params: dict[str, Any] = dict(parse_param(p, cls.param_types()) for p in args.param)
     for key, value in (
@@ -120,20 +263,23 @@ def cmd_fit(args: argparse.Namespace) -> int:
     train = MVTecDataset(args.data, "train", transform=detector.transform)
     print(f"fitting {args.model} on {len(train)} good images of {train.category} ...")
     detector.fit(train, progress=not args.quiet)
-    out = detector.save(args.out)
+    out = detector.save(args.out, overwrite=args.overwrite)
     print(
         f"fitted in {detector.train_seconds_:.1f} s; threshold {detector.threshold}; saved to {out}"
     )
-    return 0
+    return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from flawmap.outputs import check_output_folder
+
+    check_output_folder(args.out)
+    _set_threads(args.threads)
     from flawmap.data import MVTecDataset
     from flawmap.evaluation import evaluate, write_evaluation
     from flawmap.models import load_model
     from flawmap.report import markdown
 
-    _set_threads(args.threads)
     detector = load_model(args.model_dir)
     test = MVTecDataset(args.data, "test", transform=detector.transform)
     result = evaluate(detector, test, progress=not args.quiet, latency_runs=args.latency_runs)
@@ -141,64 +287,152 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rows = [{"metric": markdown.metric_label(k), "value": v} for k, v in result.metrics.items()]
     print(markdown.metrics_table(rows))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
-    return 0
+    return EXIT_OK
+
+
+SCORE_COLUMNS = ["path", "score", "label", "threshold", "overlay", "map", "error"]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from torch.utils.data import Subset
+    from flawmap.outputs import FolderLock, check_output_folder
 
-    from flawmap.data import PathsDataset, load_image
-    from flawmap.evaluation import display_range
-    from flawmap.models import load_model
-    from flawmap.report import heatmap_overlay, save_float_tiff, save_png
-
+    out = check_output_folder(args.out)
     _set_threads(args.threads)
+    from flawmap.data import ImageDataset, PathsDataset
+    from flawmap.models import load_model
+
     detector = load_model(args.model_dir)
     if args.threshold is not None:
         detector.set_threshold(args.threshold)
-    dataset = PathsDataset(args.paths, transform=detector.transform)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    roots = [Path(p).resolve() for p in args.paths]
-    rows: list[dict[str, Any]] = []
-    chunk = 64
+    samples, roots = [], []
+    own = out.absolute().resolve()
+    for path in args.paths:  # one at a time, to know which argument each file came from
+        # files of an earlier run into --out (e.g. --out inside an input folder) are not inputs
+        found = [
+            s
+            for s in PathsDataset([path]).samples
+            if not s.path.absolute().resolve().is_relative_to(own)
+        ]
+        if not found:
+            raise DataError(f"{path} holds no images besides the outputs in --out {out}")
+        samples += found
+        roots += [Path(path)] * len(found)
+    dataset = ImageDataset(samples, transform=detector.transform)
+    with FolderLock(out, "flawmap predict"):
+        rows = _predict_into(detector, dataset, roots, out, args)
+    failed = [r for r in rows if r["error"]]
+    scored = [r for r in rows if r["score"] is not None]
+    flagged = sum(r["label"] == "defective" for r in scored)
+    print(
+        f"{len(scored)} images scored, {flagged} flagged defective, {len(failed)} failed; "
+        f"results in {out}"
+    )
+    for row in failed[:10]:
+        print(f"flawmap: failed: {row['path']}: {row['error']}", file=sys.stderr)
+    if len(failed) > 10:
+        print(f"flawmap: ... and {len(failed) - 10} more (see scores.csv)", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _predict_into(
+    detector: Any, dataset: Any, roots: list[Path], out: Path, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Score ``dataset`` into ``out`` (overlays, optional maps, scores.csv/json); the rows."""
+    from flawmap.outputs import output_paths
+    from flawmap.scoring import predict_readable
+
+    files = [s.path for s in dataset.samples]
+    overlay_paths, map_paths = output_paths(files, roots)
+    threshold = detector.threshold
+    rows: list[dict[str, Any]] = [
+        {
+            "path": str(f),
+            "score": None,
+            "label": None,
+            "threshold": threshold,
+            "overlay": None,
+            "map": None,
+            "error": None,
+        }
+        for f in files
+    ]
     vmin = vmax = None
-    for start in range(0, len(dataset), chunk):
-        part = Subset(dataset, range(start, min(start + chunk, len(dataset))))
-        pred = detector.predict(part, progress=not args.quiet)
-        if vmin is None:
+    for chunk in predict_readable(detector, dataset, progress=not args.quiet):
+        for failure in chunk.failures:
+            rows[failure.index]["error"] = failure.error
+        pred = chunk.prediction
+        if pred is None:
+            continue
+        if vmin is None:  # one colour range for all overlays, from the first scored chunk
+            from flawmap.evaluation import display_range
+
             vmin, vmax = display_range(pred)
-        for i, path_text in enumerate(pred.paths):
-            path = Path(path_text)
-            relative = _relative(path, roots)
-            image = load_image(path)
-            amap = _resize_map(pred.maps[i], image.size)
-            overlay = heatmap_overlay(np.asarray(image), amap, vmin, vmax, threshold=pred.threshold)
-            save_png(overlay, out / "overlays" / relative.with_suffix(".png"))
-            if args.save_maps:
-                save_float_tiff(amap, out / _map_path(path, roots, relative))
-            rows.append(
-                {
-                    "path": str(path),
-                    "score": float(pred.scores[i]),
-                    "label": None
-                    if pred.labels is None
-                    else ("defective" if pred.labels[i] else "good"),
-                    "threshold": pred.threshold,
-                }
-            )
-    with (out / "scores.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "score", "label", "threshold"])
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "scores.json").write_text(json.dumps(rows, indent=2) + "\n")
-    flagged = sum(r["label"] == "defective" for r in rows)
-    print(f"{len(rows)} images scored, {flagged} flagged defective; results in {out}")
-    return 0
+        for j, i in enumerate(chunk.indices):
+            row = rows[i]
+            row["score"] = float(pred.scores[j])
+            if pred.labels is not None:
+                row["label"] = "defective" if pred.labels[j] else "good"
+            try:
+                _write_image_outputs(
+                    files[i],
+                    pred.maps[j],
+                    (vmin, vmax),
+                    pred.threshold,
+                    out / overlay_paths[i],
+                    out / map_paths[i] if args.save_maps else None,
+                )
+            except DataError as exc:
+                row["error"] = f"scored, but its outputs could not be written: {exc}"
+                continue
+            row["overlay"] = overlay_paths[i].as_posix()
+            row["map"] = map_paths[i].as_posix() if args.save_maps else None
+    _write_scores(rows, out)
+    return rows
 
 
-def _resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w) float map -> (H, W) at the original image's size (PIL size = (W, H))."""
+def _write_image_outputs(
+    source: Path,
+    amap: Any,
+    display: tuple[float, float],
+    threshold: float | None,
+    overlay_path: Path,
+    map_path: Path | None,
+) -> None:
+    """The overlay PNG of ``source`` with its (h, w) map and, with ``map_path``, the map as a
+    float32 TIFF at the image's size; each file is written atomically."""
+    import numpy as np
+
+    from flawmap.data import load_image
+    from flawmap.outputs import atomic_write
+    from flawmap.report import heatmap_overlay, save_float_tiff, save_png
+
+    image = np.asarray(load_image(source))
+    overlay = heatmap_overlay(image, amap, *display, threshold=threshold)
+    atomic_write(overlay_path, lambda tmp: save_png(overlay, tmp))
+    if map_path is not None:
+        full = _resize_map(amap, (image.shape[1], image.shape[0]))
+        atomic_write(map_path, lambda tmp: save_float_tiff(full, tmp))
+
+
+def _write_scores(rows: list[dict[str, Any]], out: Path) -> None:
+    """``scores.csv`` and ``scores.json`` (one row per input, in input order), atomically."""
+    import csv
+    import io
+    import json
+
+    from flawmap.outputs import write_text_atomic
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SCORE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / "scores.csv", buffer.getvalue())
+    write_text_atomic(out / "scores.json", json.dumps(rows, indent=2) + "\n")
+
+
+def _resize_map(amap: Any, size: tuple[int, int]) -> Any:
+    """(h, w) float map -> (H, W) float32 at the original image's size (PIL size = (W, H))."""
+    import numpy as np
     from PIL import Image
 
     return np.asarray(
@@ -206,30 +440,16 @@ def _resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     )
 
 
-def _relative(path: Path, roots: list[Path]) -> Path:
-    resolved = path.resolve()
-    for root in roots:
-        if root.is_dir() and resolved.is_relative_to(root):
-            return resolved.relative_to(root)
-    return Path(path.name)
-
-
-def _map_path(path: Path, roots: list[Path], relative: Path) -> Path:
-    """``<category>/test/<defect>/<stem>.tiff`` for a category's test folder (MVTec layout)."""
-    resolved = path.resolve()
-    for root in roots:
-        if root.is_dir() and resolved.is_relative_to(root):
-            if root.name == "test":
-                return Path(root.parent.name, "test", relative).with_suffix(".tiff")
-            if (root / "test").is_dir() and resolved.is_relative_to(root / "test"):
-                return Path(root.name, relative).with_suffix(".tiff")
-    return Path("maps", relative).with_suffix(".tiff")
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
+    from flawmap.outputs import check_output_folder
+
+    check_output_folder(args.out)
+    from flawmap.models.base import check_save_target
+
+    check_save_target(Path(args.out) / "model", args.overwrite)
+    _set_threads(args.threads)
     from flawmap.demo import run_demo
 
-    _set_threads(args.threads)
     report = run_demo(
         out_dir=args.out,
         cell_type=args.cell_type,
@@ -238,14 +458,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         max_train=args.max_train,
         max_test=args.max_test,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     print(f"demo report: {report}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    import json
     import re
 
+    from flawmap.outputs import check_output_folder
+
+    out = check_output_folder(args.out)
     from flawmap.report.markdown import metric_label
     from flawmap.stats import (
         compare,
@@ -263,7 +488,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         score_table(records, m, method_key=method_key, average_seeds=args.average_seeds)
         for m in dict.fromkeys(args.metric)
     ]
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for table in tables:
         result = compare(
@@ -284,7 +508,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(
             f"wrote compare_{stem}.md, compare_{stem}.json, cd_{stem}.png, cd_{stem}.svg in {out}"
         )
-    return 0
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------------------ parser
@@ -293,11 +517,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flawmap",
         description="Unsupervised visual anomaly detection: train on good images only, then "
         "score, map and label new images (higher score = more anomalous).",
+        epilog="Exit status: 0 success, 2 user error, 3 predict finished but some inputs could "
+        "not be scored, 130 interrupted, 1 internal error (FLAWMAP_DEBUG=1 shows the traceback).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    seed_type, threads_type = int_at_least(0), int_at_least(1)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+        p.add_argument(
+            "--threads",
+            type=threads_type,
+            default=None,
+            help="CPU threads, >= 1 (default: torch's)",
+        )
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("models", help="list registered models and backbones")
@@ -310,8 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights", default=None, help="'pretrained' (default), 'random', or a local weights file"
     )
-    p.add_argument("--image-size", type=_image_size, default=None, help="N or HxW (default 256)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--image-size", type=image_size, default=None, help="N or HxW (default 256)")
+    p.add_argument("--seed", type=seed_type, default=None, help="random seed, >= 0 (default 0)")
     p.add_argument(
         "--param",
         action="append",
@@ -320,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="any model constructor argument, repeatable (e.g. coreset_ratio=0.01)",
     )
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the model already in --out, if any"
+    )
     common(p)
     p.set_defaults(func=cmd_fit)
 
@@ -327,11 +562,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", type=Path)
     p.add_argument("--data", required=True, type=Path, help="category folder with test/")
     p.add_argument("--out", required=True, type=Path, help="report folder to write")
-    p.add_argument("--latency-runs", type=int, default=20, help="timed batch-1 passes")
+    p.add_argument(
+        "--latency-runs", type=int_at_least(0), default=20, help="timed batch-1 passes (0: none)"
+    )
     common(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="score images or folders with a fitted model")
+    p = sub.add_parser(
+        "predict",
+        help="score images or folders with a fitted model",
+        description="Score images; an unreadable image is recorded with its error in "
+        "scores.csv/scores.json and the others are still scored (exit status 3 when any "
+        "failed). Every input gets its own overlay and map file, even when names repeat.",
+    )
     p.add_argument("model_dir", type=Path)
     p.add_argument("paths", nargs="+", type=Path, help="image files or folders (recursive)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -341,7 +584,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write raw float maps as TIFF at each image's original size",
     )
     p.add_argument(
-        "--threshold", type=float, default=None, help="override the model's learned threshold"
+        "--threshold",
+        type=finite_float,
+        default=None,
+        help="override the model's learned threshold (any finite number, e.g. -1e30)",
     )
     common(p)
     p.set_defaults(func=cmd_predict)
@@ -349,10 +595,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="fit and evaluate PatchCore on ELPV solar cells (offline)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     p.add_argument("--cell-type", choices=("mono", "poly"), default="mono")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-train", type=int, default=None, help="cap on training cells")
-    p.add_argument("--max-test", type=int, default=None, help="cap on test cells")
+    p.add_argument("--image-size", type=image_size, default=256, help="N or HxW")
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed, >= 0")
+    p.add_argument("--max-train", type=int_at_least(1), default=None, help="cap on training cells")
+    p.add_argument("--max-test", type=int_at_least(1), default=None, help="cap on test cells")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the model of an earlier demo in --out"
+    )
     common(p)
     p.set_defaults(func=cmd_demo)
 
@@ -378,7 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="average each method's seeds per category first (blocks = categories)",
     )
-    p.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level")
+    p.add_argument(
+        "--alpha", type=open_unit_interval, default=0.05, help="family-wise significance level"
+    )
     p.add_argument(
         "--zero-method",
         choices=("wilcox", "pratt", "zsplit"),
@@ -397,14 +648,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _debug() -> bool:
+    return os.environ.get("FLAWMAP_DEBUG", "").strip() not in ("", "0")
+
+
+def _format_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    """``flawmap: warning: ...`` for flawmap's own warnings, Python's format for the others."""
+    if issubclass(category, FlawmapWarning):
+        return f"flawmap: warning: {message}\n"
+    return _PYTHON_FORMATWARNING(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMATWARNING = warnings.formatwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command line; returns the exit status (see the module docstring)."""
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = _format_warning
     try:
+        return _run(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        warnings.formatwarning = previous_format
+
+
+def _run(tokens: list[str]) -> int:
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(attach_negative_values(parser, tokens))
+        except SystemExit as exc:  # --help, or argparse's own error message (already printed)
+            return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
         return int(args.func(args))
     except FlawmapError as exc:
+        if _debug():
+            traceback.print_exc()
         print(f"flawmap: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if _debug():
+            traceback.print_exc()
+        print("flawmap: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        if _debug():
+            traceback.print_exc()
+        print(
+            "flawmap: error: out of memory; try a smaller --image-size or batch_size, or fewer "
+            "images at a time",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL_ERROR
+    except OSError as exc:  # the system refused something (disk full, permissions): not a bug
+        if _debug():
+            traceback.print_exc()
+        print(f"flawmap: error: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+    except Exception as exc:
+        if _debug():
+            traceback.print_exc()
+        what = " ".join(f"{type(exc).__name__}: {exc}".split())
+        print(
+            f"flawmap: internal error: {what[:300]} -- this is a bug in flawmap, please report it "
+            "with the command you ran (FLAWMAP_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -29,8 +29,13 @@ def run_demo(
     max_train: int | None = None,
     max_test: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
-    """Fit, evaluate and report; returns the path of ``report.html``."""
+    """Fit, evaluate and report; returns the path of ``report.html``.
+
+    The model is saved to ``out_dir/model``; replacing an earlier demo's model needs
+    ``overwrite=True``.
+    """
     out = Path(out_dir)
     detector = PatchCore(image_size=image_size, seed=seed)
     kwargs = {"cell_type": cell_type, "seed": seed, "transform": detector.transform}
@@ -41,7 +46,7 @@ def run_demo(
         f"({int((test.labels == 1).sum())} defective)"
     )
     detector.fit(train, progress=progress)
-    detector.save(out / "model")
+    detector.save(out / "model", overwrite=overwrite)
     result = evaluate(detector, test, progress=progress)
     pred = result.prediction
     vmin, vmax = display_range(pred)

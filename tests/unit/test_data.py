@@ -129,18 +129,18 @@ def test_load_image_grayscale_and_rgba_become_rgb(tmp_path):
     assert im.mode == "RGB" and im.size == (W, H)
     arr = np.asarray(im)
     assert np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])
-    Image.new("RGBA", (5, 4), (10, 20, 30, 0)).save(tmp_path / "a.png")
+    Image.new("RGBA", (20, 16), (10, 20, 30, 0)).save(tmp_path / "a.png")
     assert np.asarray(load_image(tmp_path / "a.png"))[0, 0].tolist() == [10, 20, 30]
-    Image.new("P", (5, 4)).save(tmp_path / "p.png")
+    Image.new("P", (20, 16)).save(tmp_path / "p.png")
     assert load_image(tmp_path / "p.png").mode == "RGB"
 
 
 def test_load_image_16_bit_is_scaled(tmp_path):
-    arr = np.array([[0, 65535], [32896, 257]], dtype=np.uint16)
+    arr = np.tile(np.array([[0, 65535], [32896, 257]], dtype=np.uint16), (8, 8))
     Image.fromarray(arr).save(tmp_path / "deep.png")
     out = np.asarray(load_image(tmp_path / "deep.png"))
-    assert out.shape == (2, 2, 3)
-    assert out[..., 0].tolist() == [[0, 255], [128, 1]]
+    assert out.shape == (16, 16, 3)
+    assert out[:2, :2, 0].tolist() == [[0, 255], [128, 1]]
 
 
 def test_load_image_errors_name_the_file(tmp_path):
@@ -489,13 +489,16 @@ def test_split_holdout_edges():
 
 
 def make_elpv(root: Path) -> Path:
-    """labels.csv + 8x8 PNGs: mono 10 normal, 2 at 1/3, 2 at 2/3, 4 at 1; poly 4 normal, 2 at 1."""
+    """labels.csv + 16x16 PNGs.
+
+    mono: 10 normal, 2 at 1/3, 2 at 2/3, 4 at 1; poly: 4 normal, 2 at 1.
+    """
     rows = [("mono", 0.0)] * 10 + [("mono", 1 / 3)] * 2 + [("mono", 2 / 3)] * 2
     rows += [("mono", 1.0)] * 4 + [("poly", 0.0)] * 4 + [("poly", 1.0)] * 2
     (root / "images").mkdir(parents=True)
     lines = []
     for i, (kind, prob) in enumerate(rows, start=1):
-        Image.new("L", (8, 8), color=i * 5).save(root / "images" / f"cell{i:04d}.png")
+        Image.new("L", (16, 16), color=i * 5).save(root / "images" / f"cell{i:04d}.png")
         lines.append(f"images/cell{i:04d}.png  {prob!r:<20}{kind}")
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
     return root
@@ -514,7 +517,7 @@ def test_elpv_splits(tmp_path):
     assert not test.has_pixel_labels
     item = test[0]
     assert item["image"].shape == (3, 8, 8) and not item["has_mask"] and item["label"] in (0, 1)
-    assert item["original_size"].tolist() == [8, 8]
+    assert item["original_size"].tolist() == [16, 16]
     again = ElpvDataset("train", data_dir=data, transform=t)
     assert [s.path for s in again.samples] == [s.path for s in train.samples]
     strict = ElpvDataset("test", defect_min_probability=2 / 3, data_dir=data)

@@ -460,7 +460,7 @@ def test_predict_before_fit_and_save_load_round_trip(tmp_path: Path) -> None:
     model.save(tmp_path / "m")
     loaded = load_model(tmp_path / "m")
     assert isinstance(loaded, MLFF) and loaded.get_params() == model.get_params()
-    assert loaded.get_params()["ptfem_scales"] == [1, 2, 4, 8]
+    assert loaded.get_params()["ptfem_scales"] == (1, 2, 4, 8)  # a tuple, as annotated
     test = toy_images(3, seed=7)
     a, b = model.predict(test), loaded.predict(test)
     np.testing.assert_array_equal(a.scores, b.scores)

@@ -12,11 +12,23 @@ from flawmap.data.datasets import (
     split_holdout,
 )
 from flawmap.data.elpv import ElpvDataset, elpv_data_dir
-from flawmap.data.io import IMAGE_EXTENSIONS, list_images, load_image, load_mask
-from flawmap.data.transforms import ImageTransform
+from flawmap.data.io import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    MIN_IMAGE_SIDE,
+    list_images,
+    load_image,
+    load_mask,
+    max_pixels,
+    set_max_pixels,
+)
+from flawmap.data.transforms import MAX_IMAGE_SIZE, ImageTransform
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_SIZE",
+    "MIN_IMAGE_SIDE",
     "ElpvDataset",
     "FolderDataset",
     "ImageDataset",
@@ -29,5 +41,7 @@ __all__ = [
     "load_image",
     "load_mask",
     "load_sample",
+    "max_pixels",
+    "set_max_pixels",
     "split_holdout",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from torch.utils.data import Dataset
 
 from flawmap.data.io import IMAGE_EXTENSIONS, is_image_file, list_images, load_image, load_mask
 from flawmap.data.transforms import ImageTransform
-from flawmap.errors import ConfigError, DataError
+from flawmap.errors import ConfigError, DataError, FlawmapWarning
 
 __all__ = [
     "FolderDataset",
@@ -74,8 +75,31 @@ class SampleRecord:
         object.__setattr__(self, "label", int(self.label))
 
 
-def load_sample(record: SampleRecord, transform: ImageTransform) -> dict[str, Any]:
+def _warn_empty_mask(record: SampleRecord, pixels: int, size: tuple[int, int]) -> None:
+    """FlawmapWarning: a defective image's ground truth has no defect pixel at ``size``."""
+    if pixels == 0:
+        why = "marks no defect pixel (see flawmap.data.load_mask for the accepted encodings)"
+    else:
+        why = (
+            f"marks {pixels} defect pixel(s) but none is left after resizing/cropping to "
+            f"{size[0]}x{size[1]} (a larger image_size keeps them)"
+        )
+    warnings.warn(
+        f"mask {record.mask_path} of defective image {record.path} {why}; the image still "
+        "counts as defective, and all its pixels count as normal in the pixel metrics",
+        FlawmapWarning,
+        stacklevel=3,
+    )
+
+
+def load_sample(
+    record: SampleRecord, transform: ImageTransform, *, warned: set[Path] | None = None
+) -> dict[str, Any]:
     """Read and transform one record into the item dict described in the module docstring.
+
+    A defective image whose mask has no defect pixel (in the file, or left after resizing) gets a
+    :class:`~flawmap.errors.FlawmapWarning` naming both files; with ``warned``, only once per
+    image path (the set is updated).
 
     Raises:
         DataError: unreadable image/mask, or a mask whose size differs from its image.
@@ -91,6 +115,11 @@ def load_sample(record: SampleRecord, transform: ImageTransform) -> dict[str, An
                 f"{record.path} has size (H, W) = {(h0, w0)}"
             )
         mask = transform.mask(m)
+        empty = record.label == 1 and not bool(mask.any())
+        if empty and (warned is None or record.path not in warned):
+            _warn_empty_mask(record, int(np.count_nonzero(m)), transform.output_size)
+            if warned is not None:
+                warned.add(record.path)
     else:
         mask = torch.zeros((1, *transform.output_size), dtype=torch.float32)
     return {
@@ -114,12 +143,13 @@ class ImageDataset(Dataset):
     def __init__(self, samples: Iterable[SampleRecord], transform: ImageTransform | None = None):
         self.samples: list[SampleRecord] = list(samples)
         self.transform: ImageTransform = transform if transform is not None else ImageTransform()
+        self._warned_empty_masks: set[Path] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return load_sample(self.samples[index], self.transform)
+        return load_sample(self.samples[index], self.transform, warned=self._warned_empty_masks)
 
     @property
     def labels(self) -> np.ndarray:

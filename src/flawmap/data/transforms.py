@@ -14,13 +14,18 @@ from PIL import Image
 from flawmap.data.io import to_rgb
 from flawmap.errors import ConfigError
 
-__all__ = ["ImageTransform"]
+__all__ = ["MAX_IMAGE_SIZE", "ImageTransform"]
 
 Size = int | tuple[int, int]
 
+MAX_IMAGE_SIZE = 4096
+"""Largest accepted ``image_size`` / ``center_crop`` side in pixels; beyond it the feature maps
+of one batch no longer fit in a workstation's memory."""
+
 
 def _normalise_size(value: Any, name: str, allow_none: bool) -> Size | None:
-    """Validate a size option: a positive int or an ``(H, W)`` pair (lists become tuples)."""
+    """Validate a size option: an int in [1, MAX_IMAGE_SIZE] or an ``(H, W)`` pair of them
+    (lists become tuples)."""
     if value is None:
         if allow_none:
             return None
@@ -28,17 +33,23 @@ def _normalise_size(value: Any, name: str, allow_none: bool) -> Size | None:
     if isinstance(value, bool):
         raise ConfigError(f"{name} must be a positive int or an (H, W) pair, got {value!r}")
     if isinstance(value, int | np.integer):
-        if value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
-        return int(value)
-    if (
+        sides: tuple[int, ...] = (int(value),)
+    elif (
         isinstance(value, tuple | list)
         and len(value) == 2
         and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in value)
-        and all(v > 0 for v in value)
     ):
-        return (int(value[0]), int(value[1]))
-    raise ConfigError(f"{name} must be a positive int or an (H, W) pair, got {value!r}")
+        sides = (int(value[0]), int(value[1]))
+    else:
+        raise ConfigError(f"{name} must be a positive int or an (H, W) pair, got {value!r}")
+    if min(sides) <= 0:
+        raise ConfigError(f"{name} must be positive, got {value!r}")
+    if max(sides) > MAX_IMAGE_SIZE:
+        raise ConfigError(
+            f"{name} {value!r} is above the largest supported size of {MAX_IMAGE_SIZE} pixels "
+            "per side; choose a smaller size"
+        )
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
 
 
 def _as_pair(size: Size) -> tuple[int, int]:
@@ -101,8 +112,8 @@ class ImageTransform:
             raise TypeError(f"ImageTransform.image expects a PIL image, got {type(pil).__name__}")
         if pil.mode != "RGB":
             pil = to_rgb(pil)
-        x = torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)
-        x = x.to(torch.float32).div_(255.0)
+        # One float32 copy of the pixels (no intermediate uint8 copy), (H, W, 3) -> (3, H, W).
+        x = torch.from_numpy(np.asarray(pil, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
         if tuple(x.shape[-2:]) != self.resize_size:
             x = F.interpolate(
                 x.unsqueeze(0),

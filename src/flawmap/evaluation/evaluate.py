@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 import flawmap
 from flawmap.data import load_image
+from flawmap.errors import DataError
 from flawmap.evaluation.timing import measure_latency
 from flawmap.metrics import compute_metrics
 from flawmap.models.base import Detector, Prediction
@@ -42,6 +43,10 @@ class Evaluation:
     ``metrics`` holds the keys of ``METRIC_KEYS`` (None where not defined, e.g. pixel metrics
     without masks); ``threshold_fpr``/``threshold_tpr`` are the fractions of good/defective
     test images flagged at the model's learned threshold (no test label is used to set it).
+    ``info`` holds the counts behind them (``n_test``, ``n_defective``, ``n_with_masks``,
+    ``n_defective_with_masks``, ``n_empty_defect_masks`` with the image paths in
+    ``empty_defect_masks``: defective images whose mask has no defect pixel at the evaluated
+    size) and the software/hardware versions.
     """
 
     metrics: dict[str, float | None]
@@ -63,12 +68,16 @@ def evaluate(
     wall = time.perf_counter() - start
     labels = prediction.targets["label"].astype(np.int64)
     if (labels < 0).any():
-        raise ValueError("evaluation needs labelled images (good / defective)")
+        raise DataError("evaluation needs labelled images (good / defective)")
     has_mask = prediction.targets["has_mask"].astype(bool)
     masks = maps = None
     if has_mask.any():
         masks = prediction.targets["mask"][has_mask, 0] > 0.5
         maps = prediction.maps[has_mask]
+    empty = np.zeros(len(labels), dtype=bool)  # defective, with a mask, no defect pixel
+    if masks is not None:
+        empty[has_mask] = ~masks.any(axis=(1, 2))
+        empty &= labels == 1
     metrics: dict[str, float | None] = dict(compute_metrics(labels, prediction.scores, masks, maps))
     flagged = prediction.labels
     good, bad = labels == 0, labels == 1
@@ -87,6 +96,9 @@ def evaluate(
         "n_test": len(labels),
         "n_defective": int(bad.sum()),
         "n_with_masks": int(has_mask.sum()),
+        "n_defective_with_masks": int((has_mask & (labels == 1)).sum()),
+        "n_empty_defect_masks": int(empty.sum()),
+        "empty_defect_masks": [prediction.paths[i] for i in np.flatnonzero(empty)],
         "threshold": prediction.threshold,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -108,10 +120,12 @@ def write_evaluation(
     """``metrics.json`` (metrics, info, model config), ``report.md`` and example overlays."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = {"model": detector.name, "params": detector.get_params(), **evaluation.info}
+    info = {k: v for k, v in evaluation.info.items() if k != "empty_defect_masks"}
+    config = {"model": detector.name, "params": detector.get_params(), **info}
     payload = {**evaluation.metrics, "info": evaluation.info, "config": config}
     (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
-    markdown = evaluation_markdown(evaluation.metrics, config, title)
+    notes = evaluation_notes(evaluation)
+    markdown = evaluation_markdown(evaluation.metrics, config, title, notes=notes)
     examples = save_examples(evaluation, detector, out / "examples", n_examples)
     if examples:
         markdown += (
@@ -121,6 +135,31 @@ def write_evaluation(
         )
     (out / "report.md").write_text(markdown)
     return out
+
+
+def evaluation_notes(evaluation: Evaluation) -> list[str]:
+    """Sentences a reader of the metrics must know: empty ground-truth masks, missing masks."""
+    info = evaluation.info
+    notes: list[str] = []
+    n_empty = int(info.get("n_empty_defect_masks", 0))
+    n_masked = int(info.get("n_defective_with_masks", 0))
+    if n_empty:
+        shown = [Path(p) for p in info.get("empty_defect_masks", [])[:5]]
+        names = ", ".join(f"{p.parent.name}/{p.name}" for p in shown)
+        more = f" and {n_empty - 5} more" if n_empty > 5 else ""
+        notes.append(
+            f"{n_empty} of {n_masked} defective images with a mask have an empty ground-truth "
+            f"mask at the evaluated size ({names}{more}; full list in metrics.json). They count "
+            "as defective in the image metrics; their pixels count as normal in the pixel metrics."
+        )
+        if n_empty == n_masked:
+            notes.append(
+                "No mask marks a defect pixel, so the pixel metrics (pixel AUROC, pixel AP, "
+                "pixel F1, AUPRO) are not defined and were not computed."
+            )
+    elif info.get("n_with_masks", 0) == 0:
+        notes.append("The test set has no ground-truth masks: pixel metrics were not computed.")
+    return notes
 
 
 def save_examples(evaluation: Evaluation, detector: Detector, out_dir: Path, n: int) -> list[Path]:

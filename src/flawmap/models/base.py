@@ -2,26 +2,41 @@
 
 Conventions (scikit-learn / PyOD style):
 
-- ``__init__`` only stores its arguments (``get_params()`` returns them, JSON-able);
+- ``__init__`` only stores its arguments; ``get_params()`` returns them as given and
+  ``set_params(**params)`` changes them (``sklearn.base.clone`` works); every parameter is
+  checked against the class's declarative ``param_constraints`` (:mod:`flawmap.models.params`)
+  by ``create_model``, ``set_params`` and at the start of ``fit``, before any heavy work;
 - ``fit(good_images) -> self`` learns from defect-free images only; a held-out slice of them
   (``threshold_holdout``) is never fitted on and sets the decision threshold;
 - ``predict(images) -> Prediction``: image scores, anomaly maps and labels; **higher = more
   anomalous**; ``label = score >= threshold``;
-- ``save(dir)`` writes ``config.json`` (parameters) and ``model.safetensors`` (the fitted
-  module's state dict: backbone weights, memory banks, statistics, threshold), no pickles;
-  ``load_model(dir)`` rebuilds the detector from both, offline;
+- ``save(dir, overwrite=False)`` writes ``config.json`` (parameters) and ``model.safetensors``
+  (the fitted module's state dict: backbone weights, memory banks, statistics, threshold; no
+  pickles) into a temporary sibling folder and renames it into place, so a folder always holds
+  one complete model; replacing a model needs ``overwrite=True``. The weights file's metadata
+  records the model, the format version, a random fit id shared with ``config.json``, the
+  parameters that shape the fitted state and a checksum of the tensors; ``load_model(dir)``
+  rebuilds the detector offline and refuses a folder whose two files disagree;
 - using a detector before ``fit`` raises :class:`~flawmap.errors.NotFittedError`.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
+import hashlib
+import importlib
 import inspect
 import json
 import math
+import numbers
+import os
 import random
+import shutil
 import time
 import typing
+import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +51,22 @@ from tqdm.auto import tqdm
 import flawmap
 from flawmap.backbones import DEFAULT_BACKBONE, FeatureExtractor, resolve_layers
 from flawmap.data import ImageTransform, split_holdout
-from flawmap.errors import ConfigError, DataError, NotFittedError
+from flawmap.errors import ConfigError, DataError, FlawmapError, FlawmapWarning, NotFittedError
+from flawmap.interrupts import HeldInterrupts
+from flawmap.models.catalogue import builtin_entry, builtin_names
+from flawmap.models.params import (
+    AnyOf,
+    Backbone,
+    Constraint,
+    Int,
+    NoneOr,
+    Real,
+    Seq,
+    Size,
+    Text,
+    check_all,
+    describe_changes,
+)
 from flawmap.models.postprocess import AnomalyMapPostprocessor, learn_threshold
 from flawmap.registry import Registry
 from flawmap.training import TrainingHistory, run_epochs
@@ -44,7 +74,8 @@ from flawmap.training import TrainingHistory, run_epochs
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "flawmap-model"
-FORMAT_VERSION = 1
+#: Version 2 added the weights metadata (fit id, state-shaping parameters, checksum).
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -97,12 +128,10 @@ class AnomalyModule(nn.Module, abc.ABC):
 
 
 class _TensorImages(Dataset):
-    """(N, 3, H, W) float tensor in [0, 1] seen as a flawmap dataset."""
+    """(N, 3, H, W) images in [0, 1] seen as a flawmap dataset; see :func:`as_dataset`."""
 
     def __init__(self, images: torch.Tensor) -> None:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise DataError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
-        self.images = images.float()
+        self.images = _checked_images(images)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -111,10 +140,74 @@ class _TensorImages(Dataset):
         return {"image": self.images[i], "path": ""}
 
 
+def _shape_hint(shape: tuple[int, ...]) -> str:
+    """How to turn an image array of ``shape`` into (N, 3, H, W), for error messages."""
+    if len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3):
+        return (
+            "; channel-last data: reorder it with x.permute(0, 3, 1, 2) "
+            "(numpy: x.transpose(0, 3, 1, 2))"
+        )
+    if len(shape) == 4 and shape[1] == 1:
+        return "; grayscale images: repeat the channel with x.expand(-1, 3, -1, -1)"
+    if len(shape) == 3 and shape[0] == 3:
+        return "; one image: add the batch axis with x[None]"
+    if len(shape) == 3:
+        return "; grayscale batch: x[:, None].expand(-1, 3, -1, -1)"
+    return ""
+
+
+def _checked_images(images: torch.Tensor) -> torch.Tensor:
+    """Validate an image batch and return it as float32 in [0, 1] (uint8 is divided by 255).
+
+    Raises:
+        DataError: wrong shape, dtype, NaN/inf, or float values outside [0, 1].
+    """
+    shape = tuple(images.shape)
+    if images.ndim != 4 or shape[1] != 3:
+        raise DataError(f"expected images of shape (N, 3, H, W), got {shape}{_shape_hint(shape)}")
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    if images.dtype == torch.bool or not (images.dtype.is_floating_point):
+        raise DataError(
+            f"expected float images in [0, 1] or uint8 images in [0, 255], got dtype "
+            f"{images.dtype}; convert them to float and divide by the type's largest value"
+        )
+    x = images.float()
+    if x.numel() == 0:
+        return x
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise DataError(f"the images contain {bad} NaN/inf value(s); they cannot be scored")
+    lo, hi = float(x.min()), float(x.max())
+    tol = 1e-3
+    if lo < -tol or hi > 1.0 + tol:
+        if lo < -tol:
+            hint = "; pass them without mean/std normalisation (the backbone normalises)"
+        elif hi <= 255.0 + tol:
+            hint = "; they look like 0..255 data: divide by 255 (or pass uint8)"
+        else:
+            hint = ""
+        raise DataError(
+            f"float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]{hint}"
+        )
+    return x
+
+
 def as_dataset(data: Dataset | torch.Tensor | np.ndarray) -> Dataset:
-    """Accept a flawmap dataset (items are dicts with an ``"image"``) or an image tensor."""
+    """Accept a flawmap dataset (items are dicts with an ``"image"``) or an image batch.
+
+    An image batch is a tensor or numpy array of shape (N, 3, H, W): float values in [0, 1]
+    (within 1e-3), or uint8 values, which are divided by 255. Other dtypes, NaN/inf, float
+    values outside [0, 1] (such as 0..255 data or mean/std-normalised data) and other shapes
+    (channel-last, grayscale, a single image) raise DataError with a hint.
+    """
     if isinstance(data, np.ndarray):
-        data = torch.from_numpy(data)
+        if data.dtype.kind not in "biuf":
+            raise DataError(f"expected a numeric image array, got dtype {data.dtype}")
+        if not data.dtype.isnative:
+            data = data.astype(data.dtype.newbyteorder("="))
+        data = torch.from_numpy(np.ascontiguousarray(data))
     if isinstance(data, torch.Tensor):
         return _TensorImages(data)
     if isinstance(data, Dataset):
@@ -151,6 +244,21 @@ class Detector(abc.ABC):
 
     name: ClassVar[str]
     default_strides: ClassVar[tuple[int, ...]]
+    #: Allowed values of each parameter; subclasses add their own (merged along the MRO).
+    param_constraints: ClassVar[dict[str, Constraint]] = {
+        "backbone": Backbone(),
+        "layers": NoneOr(Seq(AnyOf(Int(0), Text("a stage name")))),
+        "weights": Text("'pretrained', 'random' or a weights file path (str)"),
+        "image_size": Size(),
+        "center_crop": NoneOr(Size()),
+        "seed": Int(0, 2**32 - 1),
+        "threshold_holdout": Real(0.0, 1.0, high_open=True),
+        "threshold_quantile": Real(0.0, 1.0, low_open=True),
+        "smoothing_sigma": Real(0.0),
+        "batch_size": Int(1),
+    }
+    #: Parameters that do not shape the fitted state: they may change between fit and use.
+    runtime_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
     def __init__(
         self,
@@ -179,6 +287,10 @@ class Detector(abc.ABC):
         self.module_: AnomalyModule | None = None
         self.train_seconds_: float | None = None
         self.n_train_: int | None = None
+        #: Random id of the fit (shared by config.json and model.safetensors when saved).
+        self.fit_id_: str | None = None
+        #: JSON form of the state-shaping parameters the fitted module was built with.
+        self.fitted_params_: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- parameters
     @classmethod
@@ -195,9 +307,53 @@ class Detector(abc.ABC):
                     types[p.name] = hints.get(p.name, Any)
         return types
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments, JSON-able (tuples become lists)."""
-        return {name: _jsonable(getattr(self, name)) for name in self.param_types()}
+    @classmethod
+    def constraints(cls) -> dict[str, Constraint]:
+        """``param_constraints`` of this class and its bases (subclasses win)."""
+        merged: dict[str, Constraint] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(klass.__dict__.get("param_constraints", {}))
+        return merged
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments as given (tuples stay tuples; ``deep`` is accepted for
+        scikit-learn compatibility: a detector holds no nested estimators)."""
+        return {name: getattr(self, name) for name in self.param_types()}
+
+    def set_params(self, **params: Any) -> Self:
+        """Change parameters (checked; nothing changes when one is invalid); returns ``self``.
+
+        A fitted detector keeps its fitted state: fit again before saving when a parameter
+        that shapes it (anything but ``runtime_params``) changed.
+        """
+        _check_known(type(self), params)
+        previous = {name: getattr(self, name) for name in params}
+        for name, value in params.items():
+            setattr(self, name, value)
+        try:
+            self._validate_params()
+        except FlawmapError:
+            for name, value in previous.items():
+                setattr(self, name, value)
+            raise
+        return self
+
+    def _validate_params(self) -> None:
+        """Check every parameter against :meth:`constraints`, then :meth:`_check_relations`."""
+        check_all(self.get_params(), self.constraints())
+        self._check_relations()
+
+    def _check_relations(self) -> None:
+        """Checks between parameters (subclasses extend): the image transform's own rules."""
+        _ = self.transform
+
+    def _state_params(self) -> dict[str, Any]:
+        """JSON form of the parameters that shape the fitted state (all but runtime ones)."""
+        return {
+            name: _jsonable(value)
+            for name, value in self.get_params().items()
+            if name not in self.runtime_params
+        }
 
     @property
     def transform(self) -> ImageTransform:
@@ -233,6 +389,8 @@ class Detector(abc.ABC):
 
     def fit(self, data: Dataset | torch.Tensor, *, progress: bool = False) -> Self:
         """Learn from defect-free images (a flawmap dataset or an (N, 3, H, W) tensor)."""
+        self._validate_params()
+        fitted_params = self._state_params()
         dataset = as_dataset(data)
         n = len(dataset)
         if n == 0:
@@ -244,6 +402,8 @@ class Detector(abc.ABC):
         self._fit_module(module, Subset(dataset, fit_idx.tolist()), progress)
         module.eval()
         self.module_ = module
+        self.fit_id_ = uuid.uuid4().hex
+        self.fitted_params_ = fitted_params
         if len(holdout_idx):
             held = self.predict(Subset(dataset, holdout_idx.tolist()), progress=progress)
             module.threshold.fill_(learn_threshold(held.scores, self.threshold_quantile))
@@ -308,9 +468,16 @@ class Detector(abc.ABC):
 
     def set_threshold(self, value: float) -> None:
         """Replace the learned threshold (e.g. one chosen on a validation set of your own)."""
-        if not math.isfinite(value):
-            raise ConfigError(f"threshold must be a finite number, got {value}")
-        self._fitted_module().threshold.fill_(value)
+        if (
+            isinstance(value, bool | np.bool_)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(float(value))
+        ):
+            raise ConfigError(
+                f"threshold must be a finite number (int or float), got {value!r} "
+                f"({type(value).__name__})"
+            )
+        self._fitted_module().threshold.fill_(float(value))
 
     def _fitted_module(self) -> AnomalyModule:
         if self.module_ is None:
@@ -321,33 +488,57 @@ class Detector(abc.ABC):
         return self.module_
 
     # ----------------------------------------------------------------- persistence
-    def save(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` to ``directory``."""
-        from safetensors.torch import save_file
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` to ``directory``, atomically.
 
+        Both files are written into a temporary sibling folder, flushed to disk, and the folder
+        is renamed into place; an existing model there is replaced only with ``overwrite=True``
+        (see :func:`check_save_target`). An interrupted save leaves the previous folder as it was.
+        """
         module = self._fitted_module()
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        target = check_save_target(directory, overwrite)
+        state_params = self._state_params()
+        if self.fitted_params_ is not None:
+            changed = describe_changes(self.fitted_params_, state_params)
+            if changed:
+                raise ConfigError(
+                    "parameters changed since this model was fitted "
+                    f"({'; '.join(changed)}): fit again, or set them back before saving"
+                )
+        fit_id = self.fit_id_ or uuid.uuid4().hex
         config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "flawmap_version": flawmap.__version__,
             "model": self.name,
-            "params": self.get_params(),
+            "fit_id": fit_id,
+            "params": {name: _jsonable(v) for name, v in self.get_params().items()},
             "fit": {"train_seconds": self.train_seconds_, "n_train": self.n_train_},
         }
-        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-        save_file(state, str(out / WEIGHTS_FILE))
-        return out
+        metadata = {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "model": self.name,
+            "fit_id": fit_id,
+            "params": json.dumps(state_params, sort_keys=True),
+            "sha256": _state_digest(state),
+        }
+        _write_model_folder(target, config, state, metadata)
+        self.fit_id_ = fit_id
+        return Path(directory)
 
-    def _restore(self, state: dict[str, torch.Tensor], fit_info: dict[str, Any]) -> None:
+    def _restore(
+        self, state: dict[str, torch.Tensor], fit_info: dict[str, Any], fit_id: str | None
+    ) -> None:
         module = self._build_module("random")
         load_state_resizing(module, state)
         module.eval()
         self.module_ = module
         self.train_seconds_ = fit_info.get("train_seconds")
         self.n_train_ = fit_info.get("n_train")
+        self.fit_id_ = fit_id
+        self.fitted_params_ = self._state_params()
 
 
 class TrainedDetector(Detector):
@@ -359,6 +550,10 @@ class TrainedDetector(Detector):
 
     epochs: int
     train_batch_size: int
+    param_constraints: ClassVar[dict[str, Constraint]] = {
+        "epochs": Int(1),
+        "train_batch_size": Int(1),
+    }
 
     def _train(
         self,
@@ -386,11 +581,144 @@ class TrainedDetector(Detector):
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
+    """A parameter value as JSON stores it (tuples become lists, numpy scalars Python ones)."""
+    if isinstance(value, tuple | list):
         return [_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
     return value
+
+
+def _check_known(cls: type[Detector], params: dict[str, Any]) -> None:
+    """ConfigError listing the parameters ``cls`` does not have."""
+    known = cls.param_types()
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"model {cls.name!r} has no parameter {', '.join(unknown)}; its parameters: "
+            f"{', '.join(sorted(known))}"
+        )
+
+
+# --------------------------------------------------------------------- model folders
+def check_save_target(directory: str | Path, overwrite: bool = False) -> Path:
+    """Check that a model can be saved to ``directory`` (call it before a long fit).
+
+    Accepted: a new folder (its nearest existing parent must be a writable folder), an empty
+    folder, or, with ``overwrite``, a folder that holds only a flawmap model. Refused with a
+    :class:`~flawmap.errors.ConfigError` naming the path: a file, a folder that cannot be written,
+    a folder holding other files (never deleted), a model folder without ``overwrite``. Creates
+    nothing. Returns the folder to write (a symlink is followed).
+    """
+    path = Path(directory).expanduser()
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{directory} is a file, not a folder: choose another output folder")
+    if path.is_dir():
+        entries = sorted(p.name for p in path.iterdir())
+        others = [name for name in entries if name not in (CONFIG_FILE, WEIGHTS_FILE)]
+        if others:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise ConfigError(
+                f"{directory} is not empty and is not a flawmap model folder (it holds {shown}): "
+                "choose a new or empty folder (flawmap never deletes files it did not write)"
+            )
+        if entries and not overwrite:
+            raise ConfigError(
+                f"{directory} already holds a model: pass --overwrite (command line) or "
+                "overwrite=True (Python) to replace it, or choose another folder"
+            )
+        _check_writable(path.parent.resolve(), directory)
+        return path
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"cannot create {directory}: {ancestor} is a file, not a folder")
+    _check_writable(ancestor, directory)
+    return path
+
+
+def _check_writable(folder: Path, directory: str | Path) -> None:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write the model to {directory}: {folder} is not writable; "
+            "choose another output folder"
+        )
+
+
+def _state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes (sorted by name)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or folder's) data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_model_folder(
+    target: Path,
+    config: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+) -> None:
+    """Write both files into a hidden sibling of ``target``, then swap it into place.
+
+    The weights are written first and ``config.json`` last, so a leftover temporary folder
+    (a killed process) never holds a config without its complete weights.
+    """
+    from safetensors.torch import save_file
+
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = parent / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    try:
+        save_file(state, str(staging / WEIGHTS_FILE), metadata=metadata)
+        _fsync(staging / WEIGHTS_FILE)
+        with open(staging / CONFIG_FILE, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(config, indent=2) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync(staging)
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``; an existing ``target`` is moved aside first and
+    deleted after, or moved back when the rename fails. A Ctrl-C waits until both renames ran."""
+    old = None
+    with HeldInterrupts():
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+            os.rename(target, old)
+            try:
+                os.rename(staging, target)
+            except BaseException:
+                os.rename(old, target)
+                raise
+        else:
+            os.rename(staging, target)
+    with contextlib.suppress(OSError):
+        _fsync(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_state_resizing(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -422,46 +750,204 @@ def register_model(cls: type[Detector]) -> type[Detector]:
 
 
 def list_models() -> list[str]:
-    """Names of every registered model, sorted."""
-    return _MODELS.names()
+    """Names of every built-in and registered model, sorted (imports no model module)."""
+    return sorted(set(builtin_names()) | set(_MODELS.names()))
 
 
 def model_class(name: str) -> type[Detector]:
-    """The detector class registered under ``name``."""
+    """The detector class registered under ``name``; a built-in one is imported on first use."""
+    entry = builtin_entry(name) if isinstance(name, str) else None
+    if entry is not None and name not in _MODELS:
+        importlib.import_module(entry.module)
+    if name not in _MODELS and entry is None:
+        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     return _MODELS.get(name)
 
 
 def create_model(name: str, **params: Any) -> Detector:
-    """A new, unfitted detector of the registered model ``name``."""
+    """A new, unfitted detector of the registered model ``name``; every parameter is checked."""
     cls = model_class(name)
-    known = cls.param_types()
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"model {name!r} has no parameter {', '.join(unknown)}; its parameters: "
-            f"{', '.join(sorted(known))}"
-        )
-    return cls(**params)
+    _check_known(cls, params)
+    detector = cls(**params)
+    detector._validate_params()
+    return detector
 
 
 def load_model(directory: str | Path) -> Detector:
-    """Rebuild a fitted detector from a folder written by ``Detector.save`` (offline)."""
-    from safetensors.torch import load_file
+    """Rebuild a fitted detector from a folder written by ``Detector.save`` (offline).
 
+    Refused with a :class:`~flawmap.errors.DataError` naming the file: a missing or damaged file,
+    a ``config.json`` with a missing or mistyped field, an unknown model, a newer format version,
+    and (format 2) a pair of files from two different fits or a ``config.json`` whose
+    state-shaping parameters differ from those recorded in the weights. Format 1 folders (no
+    record to check against) load with a :class:`~flawmap.errors.FlawmapWarning`.
+    """
     folder = Path(directory)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for path in (config_path, weights_path):
         if not path.is_file():
             raise DataError(f"{path} not found: is {folder} a model folder written by flawmap fit?")
+    config = _read_config(config_path)
+    cls = _model_class_for(config["model"], config_path)
+    params = _params_from_json(cls, config["params"], config_path)
     try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{config_path} is not valid JSON: {exc}") from exc
-    if config.get("format") != FORMAT:
-        raise DataError(f"{config_path} is not a flawmap model config")
-    params = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in config.get("params", {}).items()
-    }
-    detector = create_model(config["model"], **params)
-    detector._restore(load_file(str(weights_path)), config.get("fit", {}))
+        detector = create_model(config["model"], **params)
+    except ConfigError as exc:
+        raise DataError(f"{config_path} holds an invalid parameter: {exc}") from exc
+    state, metadata = _read_weights(weights_path)
+    version = config["format_version"]
+    if version >= 2:
+        _cross_check(config, metadata, detector, config_path, weights_path)
+        if metadata.get("sha256") != _state_digest(state):
+            raise DataError(
+                f"{weights_path} is corrupted: its tensors do not match the checksum recorded "
+                "when it was saved; restore the folder from a backup or fit the model again"
+            )
+    else:
+        warnings.warn(
+            FlawmapWarning(
+                f"{folder} was saved in model format {version}, which records nothing to check "
+                f"{CONFIG_FILE} against {WEIGHTS_FILE}; save it again to upgrade it"
+            ),
+            stacklevel=2,
+        )
+    try:
+        detector._restore(state, config["fit"], config.get("fit_id"))
+    except (ConfigError, RuntimeError) as exc:
+        raise DataError(
+            f"{weights_path} does not fit the model that {config_path} describes: {exc}"
+        ) from exc
     return detector
+
+
+#: Required fields of config.json and their JSON types, by the format version that added them.
+_CONFIG_FIELDS: dict[str, tuple[type, ...]] = {"model": (str,), "params": (dict,)}
+_CONFIG_FIELDS_V2: dict[str, tuple[type, ...]] = {"fit_id": (str,), "fit": (dict,)}
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """Parse and check the structure of a config.json (DataError naming the file and field)."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} cannot be read as JSON: {exc}") from exc
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise DataError(f'{path} is not a flawmap model config (no "format": "{FORMAT}")')
+    version = config.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise DataError(
+            f"{path}: field 'format_version' must be an integer, got {version!r}"
+            + (" (missing)" if "format_version" not in config else "")
+        )
+    if version > FORMAT_VERSION:
+        raise DataError(
+            f"{path} was written by a newer flawmap (model format {version}; this flawmap "
+            f"{flawmap.__version__} reads formats up to {FORMAT_VERSION}): upgrade flawmap "
+            "(pip install --upgrade flawmap) to load it"
+        )
+    if version < 1:
+        raise DataError(f"{path}: unknown model format version {version}")
+    fields = {**_CONFIG_FIELDS, **(_CONFIG_FIELDS_V2 if version >= 2 else {})}
+    for name, types in fields.items():
+        if name not in config:
+            raise DataError(f"{path}: required field {name!r} is missing")
+        if not isinstance(config[name], types):
+            raise DataError(
+                f"{path}: field {name!r} must be a JSON "
+                f"{'object' if types == (dict,) else 'string'}, got {config[name]!r}"
+            )
+    fit = config.setdefault("fit", {})
+    if not isinstance(fit, dict):
+        raise DataError(f"{path}: field 'fit' must be a JSON object, got {fit!r}")
+    for name, kind in (("train_seconds", numbers.Real), ("n_train", int)):
+        value = fit.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise DataError(f"{path}: field 'fit.{name}' must be a number or null, got {value!r}")
+    return config
+
+
+def _model_class_for(name: str, config_path: Path) -> type[Detector]:
+    try:
+        return model_class(name)
+    except ConfigError as exc:
+        raise DataError(
+            f"{config_path}: model {name!r} is not known to this flawmap ({exc}); "
+            "was it saved by a newer flawmap or a plugin that is not installed?"
+        ) from exc
+
+
+def _expects_tuple(annotation: Any) -> bool:
+    """Whether a parameter annotation admits a tuple (``tuple[...]``, ``X | tuple[...]``)."""
+    if annotation is tuple or typing.get_origin(annotation) is tuple:
+        return True
+    return any(_expects_tuple(arg) for arg in typing.get_args(annotation))
+
+
+def _params_from_json(
+    cls: type[Detector], raw: dict[str, Any], config_path: Path
+) -> dict[str, Any]:
+    """config.json params -> constructor arguments (lists become tuples where annotated so)."""
+    types = cls.param_types()
+    unknown = sorted(set(raw) - set(types))
+    if unknown:
+        raise DataError(
+            f"{config_path}: params {', '.join(repr(k) for k in unknown)} are not parameters of "
+            f"model {cls.name!r} (its parameters: {', '.join(sorted(types))})"
+        )
+    return {
+        name: tuple(value) if isinstance(value, list) and _expects_tuple(types[name]) else value
+        for name, value in raw.items()
+    }
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a safetensors file (DataError naming it when damaged)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(
+            f"{path} is damaged or truncated ({exc}): restore the folder from a backup or fit "
+            "the model again"
+        ) from exc
+    return state, metadata
+
+
+def _cross_check(
+    config: dict[str, Any],
+    metadata: dict[str, str],
+    detector: Detector,
+    config_path: Path,
+    weights_path: Path,
+) -> None:
+    """Refuse a config.json and weights file that are not one save of one fit."""
+    recorded = {key: metadata.get(key) for key in ("format_version", "model", "fit_id", "params")}
+    if None in recorded.values():
+        raise DataError(
+            f"{weights_path} does not record which model it belongs to, but {config_path} is "
+            f"format {config['format_version']}: the folder mixes files of different saves; "
+            "restore both files from one save, or fit again"
+        )
+    if recorded["model"] != config["model"] or recorded["fit_id"] != config["fit_id"]:
+        raise DataError(
+            f"{config_path} and {weights_path} come from two different fits "
+            f"({config['model']} fit {config['fit_id'][:12]} vs {recorded['model']} fit "
+            f"{str(recorded['fit_id'])[:12]}): the folder mixes two models; restore both files "
+            "from one save, or fit again"
+        )
+    try:
+        fitted = json.loads(str(recorded["params"]))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{weights_path}: its recorded parameters are not valid JSON") from exc
+    if not isinstance(fitted, dict):
+        raise DataError(f"{weights_path}: its recorded parameters are not a JSON object")
+    changed = describe_changes(fitted, detector._state_params())
+    if changed:
+        raise DataError(
+            f"{config_path} does not match the fitted weights in {weights_path}; "
+            f"changed since the fit (fitted -> config.json): {'; '.join(changed)}. "
+            "Undo the edit, or fit a new model with the new parameters"
+        )

@@ -80,6 +80,7 @@ from flawmap.backbones import FeatureExtractor
 from flawmap.data import split_holdout
 from flawmap.errors import ConfigError, DataError
 from flawmap.models.base import AnomalyModule, TrainedDetector, register_model
+from flawmap.models.params import Constraint, Int, NoneOr, OneOf, Real, Seq, Text
 from flawmap.synth import DefectSynthesizer
 from flawmap.training import TrainingHistory
 
@@ -358,6 +359,19 @@ class CSE(TrainedDetector):
 
     name = "cse"
     default_strides = (16, 32)
+    param_constraints: ClassVar[dict[str, Constraint]] = {
+        "embed_dim": Int(1),
+        "n_clusters": Int(1),
+        "texture_dir": NoneOr(Text("a folder path (str)")),
+        "damage_probability": Real(0.0, 1.0),
+        "damaged_positions": OneOf(*DAMAGED_POSITIONS),
+        "contrastive_weight": Real(0.0),
+        "lr": Real(0.0, low_open=True),
+        "betas": Seq(Real(0.0, 1.0, high_open=True), length=2),
+        "weight_decay": Real(0.0),
+        "validation_fraction": Real(0.0, 1.0, high_open=True),
+        "image_score": OneOf(*IMAGE_SCORES),
+    }
     #: The seed paper's schedule (§4.1), for ``--param epochs=100`` style reproduction.
     PAPER_SCHEDULE: ClassVar[dict[str, object]] = {
         "epochs": 100,
@@ -407,46 +421,7 @@ class CSE(TrainedDetector):
         self.history_: CSEHistory | None = None
         self.decoder_: CSEDecoder | None = None
 
-    # ------------------------------------------------------------------ checks
-    def _check_params(self) -> None:
-        for name in ("embed_dim", "n_clusters", "epochs", "train_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        if not 0.0 <= self.damage_probability <= 1.0:
-            raise ConfigError(
-                f"damage_probability must be in [0, 1], got {self.damage_probability}"
-            )
-        if self.damaged_positions not in DAMAGED_POSITIONS:
-            raise ConfigError(
-                f"damaged_positions must be one of {', '.join(DAMAGED_POSITIONS)}, "
-                f"got {self.damaged_positions!r}"
-            )
-        if self.image_score not in IMAGE_SCORES:
-            raise ConfigError(
-                f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}"
-            )
-        if not (math.isfinite(self.contrastive_weight) and self.contrastive_weight >= 0):
-            raise ConfigError(
-                f"contrastive_weight must be a finite number >= 0, got {self.contrastive_weight}"
-            )
-        if not (self.lr > 0 and self.weight_decay >= 0):
-            raise ConfigError(
-                f"need lr > 0 and weight_decay >= 0, got {self.lr} and {self.weight_decay}"
-            )
-        try:
-            ok = len(self.betas) == 2 and all(0.0 <= float(b) < 1.0 for b in self.betas)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ConfigError(
-                f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
-            )
-
     def _build_module(self, weights: str) -> CSEModule:
-        self._check_params()
         extractor = FeatureExtractor(self.backbone, self.stage_indices(), weights, truncate=True)
         h, w = self.transform.output_size
         stride = extractor.strides[0]

@@ -67,6 +67,7 @@ from flawmap.backbones import FeatureExtractor
 from flawmap.data import FolderDataset, ImageTransform
 from flawmap.errors import ConfigError, DataError
 from flawmap.models.base import AnomalyModule, TrainedDetector, register_model
+from flawmap.models.params import Bool, Constraint, Int, NoneOr, OneOf, Real, Text
 from flawmap.synth import ConfettiNoise
 from flawmap.training import TrainingHistory
 
@@ -534,6 +535,19 @@ class FCDD(TrainedDetector):
 
     name = "fcdd"
     default_strides = (16,)  # chosen on training data only, see the module docstring
+    param_constraints: ClassVar[dict[str, Constraint]] = {
+        "loss": OneOf(*sorted(LOSSES)),
+        "passes_per_epoch": Int(1),
+        "lr": Real(0.0, low_open=True),
+        "momentum": Real(0.0),
+        "weight_decay": Real(0.0),
+        "lr_decay": Real(0.0, 1.0, low_open=True),
+        "anomaly_probability": Real(0.0, 1.0),
+        "anomaly_dir": NoneOr(Text("a folder path (str)")),
+        "finetune_stages": Int(0),
+        "gauss_std": NoneOr(Real(0.0, low_open=True)),
+        "augment": Bool(),
+    }
     #: The seed paper's schedule (§4), for ``--param epochs=50`` style reproduction.
     PAPER_SCHEDULE: ClassVar[dict[str, float]] = {
         "epochs": 50,
@@ -581,27 +595,7 @@ class FCDD(TrainedDetector):
         self.augment = augment
         self.history_: TrainingHistory | None = None
 
-    def _check_params(self) -> None:
-        if self.loss not in LOSSES:
-            raise ConfigError(f"loss must be one of {', '.join(sorted(LOSSES))}, got {self.loss!r}")
-        for name in ("epochs", "passes_per_epoch", "train_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        if not 0.0 <= self.anomaly_probability <= 1.0:
-            raise ConfigError(
-                f"anomaly_probability must be in [0, 1], got {self.anomaly_probability}"
-            )
-        if not 0.0 < self.lr_decay <= 1.0:
-            raise ConfigError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
-        if not (self.lr > 0 and self.momentum >= 0 and self.weight_decay >= 0):
-            raise ConfigError(
-                f"need lr > 0, momentum >= 0, weight_decay >= 0; got {self.lr}, "
-                f"{self.momentum}, {self.weight_decay}"
-            )
-
     def _build_module(self, weights: str) -> FCDDModule:
-        self._check_params()
         layers = self.stage_indices()
         if len(layers) != 1:
             raise ConfigError(f"fcdd uses exactly one backbone stage, got layers {layers}")

@@ -11,6 +11,7 @@ kept, drawn at random with ``seed`` (the paper's random dimensionality reduction
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import numba
 import numpy as np
@@ -21,10 +22,13 @@ from torch.utils.data import Dataset
 
 from flawmap.backbones import FeatureExtractor
 from flawmap.errors import ConfigError, DataError
+from flawmap.interrupts import interrupt_safe
 from flawmap.models.base import AnomalyModule, Detector, register_model
 from flawmap.models.features import concat_on_finest_grid
+from flawmap.models.params import Constraint, Int, Real
 
 
+@interrupt_safe
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _mahalanobis_squared(delta: np.ndarray, inv_covariance: np.ndarray) -> np.ndarray:
     """delta (P, B, d), inv_covariance (P, d, d) -> (P, B) of delta^T Sigma^-1 delta (eq. 2).
@@ -137,6 +141,10 @@ class Padim(Detector):
 
     name = "padim"
     default_strides = (4, 8, 16)
+    param_constraints: ClassVar[dict[str, Constraint]] = {
+        "n_features": Int(1),  # the upper bound, the stages' channel count, is checked at build
+        "covariance_eps": Real(0.0),
+    }
 
     def __init__(self, *, n_features: int = 100, covariance_eps: float = 0.01, **common) -> None:
         super().__init__(**common)

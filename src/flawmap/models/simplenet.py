@@ -42,6 +42,7 @@ from flawmap.backbones import FeatureExtractor
 from flawmap.errors import DataError
 from flawmap.models.base import AnomalyModule, TrainedDetector, register_model
 from flawmap.models.features import check_patch_size, local_patch_features
+from flawmap.models.params import Bool, Constraint, Int, NoneOr, Real
 from flawmap.training import TrainingHistory
 
 
@@ -165,6 +166,17 @@ class SimpleNet(TrainedDetector):
 
     name = "simplenet"
     default_strides = (8, 16)
+    param_constraints: ClassVar[dict[str, Constraint]] = {
+        "embed_dim": NoneOr(Int(1)),
+        "hidden_dim": NoneOr(Int(1)),
+        "patch_size": Int(1, odd=True),
+        "noise_sigma": Real(0.0, low_open=True),
+        "feature_scaling": Bool(),
+        "th_pos": Real(),
+        "th_neg": Real(),
+        "lr": Real(0.0, low_open=True),
+        "weight_decay": Real(0.0),
+    }
     #: The seed paper's schedule (§4.3), for ``--param epochs=160`` style reproduction.
     PAPER_SCHEDULE: ClassVar[dict[str, float]] = {
         "epochs": 160,
@@ -265,6 +277,10 @@ class TrisimpleNet(SimpleNet):
     """
 
     name = "trisimplenet"
+    param_constraints: ClassVar[dict[str, Constraint]] = {
+        "fake_noise_sigma": NoneOr(Real(0.0)),
+        "alpha": Real(0.0),
+    }
 
     def __init__(
         self, *, fake_noise_sigma: float | None = None, alpha: float = 1.0, **kwargs

@@ -117,11 +117,17 @@ def config_json(config: dict) -> str:
     return json.dumps(config, indent=2, ensure_ascii=False, default=str)
 
 
-def evaluation_markdown(metrics: dict[str, float | None], config: dict, title: str) -> str:
-    """A Markdown report page: ``# title``, a metric/value table, then the config as JSON.
+def evaluation_markdown(
+    metrics: dict[str, float | None],
+    config: dict,
+    title: str,
+    notes: list[str] | None = None,
+) -> str:
+    """A Markdown report page: ``# title``, a metric/value table, optional notes, the config.
 
     Metric names are made readable with :func:`metric_label`; None values show as "–"
-    (not computed), floats with 3 decimals.
+    (not computed), floats with 3 decimals. ``notes`` (sentences about the data behind the
+    metrics, e.g. empty masks) become a bulleted "Notes" section under the table.
     """
     rows: list[dict[str, object]] = [
         {"Metric": metric_label(key), "Value": value} for key, value in metrics.items()
@@ -131,6 +137,8 @@ def evaluation_markdown(metrics: dict[str, float | None], config: dict, title: s
         parts.append(metrics_table(rows, columns=["Metric", "Value"]))
     else:
         parts.extend(["_No metrics were computed._", ""])
+    if notes:
+        parts.extend(["## Notes", "", *(f"- {' '.join(str(n).split())}" for n in notes), ""])
     body = config_json(config)
     fence = _fence(body)
     parts.extend(["## Configuration", "", f"{fence}json", body, fence, ""])

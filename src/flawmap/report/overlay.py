@@ -63,6 +63,7 @@ _INFERNO_ANCHORS: tuple[str, ...] = (
     "#FCFFA4",
 )
 
+_BAND_PIXELS = 1 << 18  # pixels per band of the per-pixel loops (bounds temporary memory)
 _PANEL_GAP = 4  # px of background between panels in side_by_side
 _BACKGROUND = (255, 255, 255)
 _TEXT_COLOR = (0, 0, 0)
@@ -115,16 +116,31 @@ def _check_range(vmin: float, vmax: float) -> tuple[float, float]:
 
 
 def _check_amap(amap: np.ndarray, name: str = "amap") -> np.ndarray:
+    """A finite 2-D real map as a float array (float32/float64 kept as they are, no copy)."""
     arr = np.asarray(amap)
     if arr.ndim != 2 or arr.size == 0:
         raise DataError(f"{name} must be a non-empty 2-D array (H, W), got shape {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise DataError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64, copy=False)
-    if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).sum())
+    if not np.issubdtype(arr.dtype, np.floating) or arr.dtype.itemsize < 4:
+        arr = arr.astype(np.float32)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = int(arr.size - np.count_nonzero(finite))
         raise DataError(f"{name} contains {bad} NaN/inf value(s); refusing to colour them")
     return arr
+
+
+def _bands(height: int, width: int) -> list[slice]:
+    """Row bands of about ``_BAND_PIXELS`` pixels: per-pixel work allocates per band only."""
+    rows = max(1, _BAND_PIXELS // max(1, width))
+    return [slice(top, min(top + rows, height)) for top in range(0, height, rows)]
+
+
+def _lut_index(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(h, w) uint8 colour-table index of a finite map band: 256 equal bins over [lo, hi]."""
+    t = (np.clip(arr.astype(np.float64), lo, hi) - lo) / (hi - lo)
+    return np.minimum((t * 256.0).astype(np.intp), 255).astype(np.uint8)
 
 
 def _check_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -143,20 +159,22 @@ def colorize(amap: np.ndarray, vmin: float, vmax: float, colormap: str = "jet") 
     ``amap`` (H, W) is clipped to [vmin, vmax], scaled to [0, 1] and mapped through the
     256-entry LUT of ``colormap`` (vmin → first entry, vmax → last; 256 equal-width bins).
     Returns (H, W, 3) uint8 RGB. Raises ConfigError if ``vmax <= vmin`` and DataError for
-    NaN/inf values (they are not silently painted as some colour).
+    NaN/inf values (they are not silently painted as some colour). Works in row bands, so
+    temporaries stay small however large the map is.
     """
     lo, hi = _check_range(vmin, vmax)
     lut = colormap_lut(colormap)
     arr = _check_amap(amap)
-    t = (np.clip(arr, lo, hi) - lo) / (hi - lo)
-    idx = np.minimum((t * 256.0).astype(np.intp), 255)
-    return lut[idx]
+    out = np.empty((*arr.shape, 3), dtype=np.uint8)
+    for band in _bands(*arr.shape):
+        out[band] = lut[_lut_index(arr[band], lo, hi)]
+    return out
 
 
 def _resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize of a (h, w) map to (height, width) float32 via Pillow mode "F"."""
     if amap.shape == (height, width):
-        return amap.astype(np.float32)
+        return np.asarray(amap, dtype=np.float32)  # no copy of a float32 map
     img = Image.fromarray(np.ascontiguousarray(amap, dtype=np.float32))
     return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
 
@@ -208,10 +226,14 @@ def heatmap_overlay(
         raise ConfigError(f"alpha must be a number in [0, 1], got {alpha!r}") from exc
     if not 0.0 <= a <= 1.0:
         raise ConfigError(f"alpha must be in [0, 1], got {alpha!r}")
+    lo, hi = _check_range(vmin, vmax)
+    lut = colormap_lut(colormap)
     arr = _check_amap(amap)
     resized = _resize_map(arr, height, width)
-    colour = colorize(resized, vmin, vmax, colormap)
-    out = _to_uint8(((1.0 - a) * img.astype(np.float32) + a * colour.astype(np.float32)) / 255.0)
+    out = np.empty_like(img)
+    for band in _bands(height, width):  # float32 temporaries per band, never full size
+        colour = lut[_lut_index(resized[band], lo, hi)].astype(np.float32)
+        out[band] = _to_uint8(((1.0 - a) * img[band].astype(np.float32) + a * colour) / 255.0)
 
     line = _contour_width(height, width)
     if threshold is not None:

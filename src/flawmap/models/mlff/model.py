@@ -83,6 +83,7 @@ from flawmap.models.mlff.losses import (
     score_constraint_loss,
 )
 from flawmap.models.mlff.modules import SelfCalibratedConv, STLNet, conv_bn
+from flawmap.models.params import Constraint, Int, OneOf, Real, Seq
 from flawmap.synth import ConfettiNoise, CutPaste
 from flawmap.training import TrainingHistory
 
@@ -189,11 +190,6 @@ class MLFFModule(AnomalyModule):
         return self.maps(self.extractor(images))
 
 
-def _positive_int(name: str, value: object, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 @register_model
 class MLFF(TrainedDetector):
     """Multi-level feature fusion network trained on confetti / CutPaste pseudo-anomalies.
@@ -235,6 +231,30 @@ class MLFF(TrainedDetector):
 
     name = "mlff"
     default_strides = (4, 8, 16)
+    param_constraints: ClassVar[dict[str, Constraint]] = {
+        "variant": OneOf(*VARIANTS),
+        "repeats": Int(1),
+        "anomaly_fraction": Real(0.0, 1.0),
+        "lr": Real(0.0, low_open=True),
+        "momentum": Real(0.0),
+        "weight_decay": Real(0.0),
+        "finetune_stages": Int(0),
+        "texture_channels": Int(1),
+        "semantic_channels": Int(1),
+        "feature_dim": Int(1),
+        "tem_levels": Int(2),
+        "ptfem_levels": Int(2),
+        "ptfem_scales": Seq(Int(1)),
+        "sc_pool": Int(1),
+        "gamma": Real(),
+        "lam": Real(0.0),
+        "alpha": Real(0.0),
+        "beta": Real(0.0),
+        "xi": Real(0.0),
+        "mask_fraction": Real(0.0, 1.0, low_open=True),
+        "consistency_patch": Int(1),
+        "consistency_positions": Int(2),
+    }
     #: The seed paper's schedule (§3, §3.1), for ``--param epochs=200`` style reproduction.
     PAPER_SCHEDULE: ClassVar[dict[str, float]] = {
         "epochs": 200,
@@ -304,42 +324,7 @@ class MLFF(TrainedDetector):
         self.epoch_seconds_: list[float] = []
 
     # ----------------------------------------------------------------- building
-    def _check_params(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ConfigError(
-                f"variant must be one of {', '.join(VARIANTS)} (Table 4, cumulative), "
-                f"got {self.variant!r}"
-            )
-        for name in (
-            "epochs",
-            "repeats",
-            "train_batch_size",
-            "texture_channels",
-            "semantic_channels",
-            "feature_dim",
-            "sc_pool",
-            "consistency_patch",
-        ):
-            _positive_int(name, getattr(self, name))
-        _positive_int("tem_levels", self.tem_levels, 2)
-        _positive_int("ptfem_levels", self.ptfem_levels, 2)
-        _positive_int("consistency_positions", self.consistency_positions, 2)
-        _positive_int("finetune_stages", self.finetune_stages, 0)
-        if not 0.0 <= self.anomaly_fraction <= 1.0:
-            raise ConfigError(f"anomaly_fraction must be in [0, 1], got {self.anomaly_fraction}")
-        if not 0.0 < self.mask_fraction <= 1.0:
-            raise ConfigError(f"mask_fraction must be in (0, 1], got {self.mask_fraction}")
-        if not (self.lr > 0 and self.momentum >= 0 and self.weight_decay >= 0):
-            raise ConfigError(
-                f"need lr > 0, momentum >= 0, weight_decay >= 0; got {self.lr}, "
-                f"{self.momentum}, {self.weight_decay}"
-            )
-        for name in ("alpha", "beta", "xi", "lam"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-
     def _build_module(self, weights: str) -> MLFFModule:
-        self._check_params()
         layers = self.stage_indices()
         if len(layers) != 3:
             raise ConfigError(

@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -25,9 +25,10 @@ from threadpoolctl import threadpool_limits
 from torch.utils.data import Dataset
 
 from flawmap.backbones import FeatureExtractor
-from flawmap.errors import ConfigError, DataError
+from flawmap.errors import DataError
 from flawmap.models.base import AnomalyModule, Detector, register_model
 from flawmap.models.features import check_patch_size, local_patch_features
+from flawmap.models.params import Constraint, Int, NoneOr, OneOf, Real
 from flawmap.models.patchcore.sampler import GreedyCoresetSampler, RandomSampler
 from flawmap.models.patchcore.search import BruteForceSearch, ClusterPrunedSearch
 
@@ -105,6 +106,13 @@ class PatchCore(Detector):
 
     name = "patchcore"
     default_strides = (8, 16)
+    param_constraints: ClassVar[dict[str, Constraint]] = {
+        "coreset_ratio": Real(0.0, 1.0, low_open=True),
+        "coreset_sampler": OneOf("greedy", "random"),
+        "projection_dim": NoneOr(Int(1)),
+        "patch_size": Int(1, odd=True),
+        "search": OneOf("pruned", "brute_force"),
+    }
 
     def __init__(
         self,
@@ -124,8 +132,6 @@ class PatchCore(Detector):
         self.search = search
 
     def _build_module(self, weights: str) -> PatchCoreModule:
-        if self.search not in ("pruned", "brute_force"):
-            raise ConfigError(f"search must be 'pruned' or 'brute_force', got {self.search!r}")
         return PatchCoreModule(
             self.make_extractor(weights),
             self.smoothing_sigma,
@@ -138,21 +144,16 @@ class PatchCore(Detector):
     def _fit_module(self, module: AnomalyModule, data: Dataset, progress: bool) -> None:
         if not isinstance(module, PatchCoreModule):
             raise TypeError("PatchCore fits a PatchCoreModule")
-        if not 0.0 < self.coreset_ratio <= 1.0:
-            raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         chunks = []
         for batch in self.batches(data, progress, desc="patchcore: features"):
             emb = module.embed(batch["image"])
             chunks.append(emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1]).float().numpy())
         features = np.ascontiguousarray(np.concatenate(chunks))
         n_select = max(1, round(self.coreset_ratio * len(features)))
-        if self.coreset_sampler == "greedy":
-            sampler = GreedyCoresetSampler(projection_dim=self.projection_dim)
-        elif self.coreset_sampler == "random":
-            sampler = RandomSampler()
-        else:
-            raise ConfigError(
-                f"coreset_sampler must be 'greedy' or 'random', got {self.coreset_sampler!r}"
-            )
+        sampler = (
+            GreedyCoresetSampler(projection_dim=self.projection_dim)
+            if self.coreset_sampler == "greedy"
+            else RandomSampler()
+        )
         selected = sampler.select(features, n_select, self.seed)
         module.memory_bank = torch.from_numpy(features[selected].copy())

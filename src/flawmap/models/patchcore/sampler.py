@@ -53,6 +53,7 @@ import numba
 import numpy as np
 
 from flawmap.errors import ConfigError
+from flawmap.interrupts import interrupt_safe
 from flawmap.models.patchcore.search import _as_matrix
 
 __all__ = [
@@ -316,6 +317,7 @@ def _tree_fix(key: np.ndarray, idx: np.ndarray, leaf: int) -> None:
         i >>= 1
 
 
+@interrupt_safe
 @numba.njit(cache=True, fastmath=_FASTMATH)
 def _lazy_greedy(
     x: np.ndarray,

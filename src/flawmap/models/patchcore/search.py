@@ -28,6 +28,7 @@ import numba
 import numpy as np
 
 from flawmap.errors import ConfigError
+from flawmap.interrupts import interrupt_safe
 
 __all__ = ["BruteForceSearch", "ClusterPrunedSearch", "NearestNeighbourSearch"]
 
@@ -91,6 +92,7 @@ def _check_fitted(bank: np.ndarray | None, name: str) -> np.ndarray:
     return bank
 
 
+@interrupt_safe
 @numba.njit(cache=True, fastmath=_FASTMATH)
 def _row_distances(x: np.ndarray, bank: np.ndarray, index: np.ndarray) -> np.ndarray:
     """|x[i] - bank[index[i]]| for each i, float64 sums of squared differences -> float32."""
@@ -413,6 +415,7 @@ def _assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return labels
 
 
+@interrupt_safe
 @numba.njit(cache=True)
 def _cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Per-cluster float64 sums of the rows of x (M, d): (k, d)."""
@@ -615,6 +618,7 @@ def _gather(
     return n
 
 
+@interrupt_safe
 @numba.njit(cache=True, fastmath=_FASTMATH)
 def _first_pass(
     qc: np.ndarray,
@@ -693,6 +697,7 @@ def _first_pass(
     return best_all, arg_all, first, lower, work
 
 
+@interrupt_safe
 @numba.njit(cache=True, fastmath=_FASTMATH)
 def _second_pass(
     qc: np.ndarray,

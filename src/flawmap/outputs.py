@@ -1,0 +1,227 @@
+"""Writing command outputs safely: usable folders, atomic files, one name per input, one writer.
+
+- :func:`check_output_folder` refuses, before any work, an output folder that cannot be used;
+- :func:`atomic_write` writes a file beside its target and renames it into place, so a reader
+  (or an interrupted run) only ever sees the old file or the complete new one;
+- :func:`output_paths` gives every input its own output path, by construction;
+- :class:`FolderLock` keeps a second run from writing into the same folder at the same time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+
+from flawmap.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent runs are not detected there
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "LOCK_FILE",
+    "FolderLock",
+    "atomic_write",
+    "check_output_folder",
+    "output_paths",
+    "unique_paths",
+    "write_text_atomic",
+]
+
+LOCK_FILE = ".flawmap.lock"
+
+
+def _nearest_existing(path: Path) -> Path:
+    current = path.absolute()
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    return current
+
+
+def check_output_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Check that ``path`` can be used as an output folder; creates nothing.
+
+    Accepted: an existing folder, or a new one whose nearest existing parent is a folder; either
+    must let flawmap create a file (tried with a short-lived probe file, so read-only mounts and
+    permissions are seen as they are, also for root).
+
+    Raises:
+        ConfigError: ``path`` is a file, lies under a file, or its folder cannot be written;
+            the message names ``option`` and the path.
+    """
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"{option} {path} is a file, not a folder: choose a folder (it is created if missing)"
+        )
+    existing = _nearest_existing(out)
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create {option} folder {path}: {existing} is a file")
+    probe = existing / f".flawmap-probe-{uuid.uuid4().hex[:12]}"
+    try:
+        probe.touch(exist_ok=False)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"{option} folder {path} cannot be written ({existing}: {why}): choose another "
+            "folder or fix its permissions"
+        ) from None
+    with contextlib.suppress(OSError):
+        probe.unlink()
+    return out
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Create ``path`` through ``write(temporary_path)``, then rename it into place.
+
+    The temporary file lies in the same folder (so the rename is atomic) and is removed when
+    ``write`` fails or is interrupted; parent folders are created. Returns ``path``.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    return target
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """:func:`atomic_write` of a UTF-8 text file."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _key(path: PurePosixPath) -> str:
+    # Compared without case, so names stay distinct on case-insensitive file systems too.
+    return path.as_posix().casefold()
+
+
+def unique_paths(natural: Sequence[PurePosixPath], sources: Sequence[Path]) -> list[PurePosixPath]:
+    """Make output paths unique, keeping every path that is unique already.
+
+    ``natural[i]`` is the path input ``sources[i]`` would get on its own. Paths shared by
+    several inputs (compared without case) get the source's extension added to the stem
+    (``x.png`` and ``x.jpg`` -> ``x_png.png``, ``x_jpg.png``), then ``_2``, ``_3``, ... while
+    still taken (the same file given twice). The result is unique by construction, in input
+    order, and the same for the same inputs.
+    """
+    if len(natural) != len(sources):
+        raise ValueError("natural and sources must have the same length")
+    counts = Counter(_key(p) for p in natural)
+    taken = {_key(p) for p in natural if counts[_key(p)] == 1}
+    out: list[PurePosixPath] = []
+    for path, source in zip(natural, sources, strict=True):
+        if counts[_key(path)] == 1:
+            out.append(path)
+            continue
+        ext = source.suffix.lstrip(".")
+        base = path.with_name(f"{path.stem}_{ext}{path.suffix}") if ext else path
+        candidate, n = base, 2
+        while _key(candidate) in taken:
+            candidate = base.with_name(f"{base.stem}_{n}{base.suffix}")
+            n += 1
+        taken.add(_key(candidate))
+        out.append(candidate)
+    return out
+
+
+def _natural_name(file: Path, root: Path, several_roots: bool) -> PurePosixPath:
+    """``file``'s path inside the input ``root`` (prefixed by the root's name when there are
+    several inputs), or its file name when it was given directly."""
+    if root.is_dir():
+        inside = PurePosixPath(*file.relative_to(root).parts)
+        if not several_roots:
+            return inside
+        return PurePosixPath(root.absolute().resolve().name or "root") / inside
+    return PurePosixPath(file.name)
+
+
+def _mvtec_map_path(file: Path, root: Path) -> PurePosixPath | None:
+    """``<category>/test/<defect>/<stem>.tiff`` for a file of a category's test folder (the
+    layout the MVTec AD evaluation reads), else None."""
+    if not root.is_dir():
+        return None
+    resolved_root = root.absolute().resolve()
+    inside = file.relative_to(root).parts
+    if resolved_root.name == "test":
+        category = resolved_root.parent.name
+        return PurePosixPath(category, "test", *inside).with_suffix(".tiff")
+    if (root / "test").is_dir() and inside and inside[0] == "test":
+        return PurePosixPath(resolved_root.name, *inside).with_suffix(".tiff")
+    return None
+
+
+def output_paths(
+    files: Sequence[Path], roots: Sequence[Path]
+) -> tuple[list[PurePosixPath], list[PurePosixPath]]:
+    """Overlay and map paths (relative to the output folder) of each input file.
+
+    ``files[i]`` was found under (or is) the input argument ``roots[i]``. Overlays go to
+    ``overlays/<name>.png``, maps to ``maps/<name>.tiff``, or to the MVTec layout
+    ``<category>/test/<defect>/<stem>.tiff`` for the files of a category's test folder;
+    ``<name>`` is the path inside the input folder, prefixed by that folder's name when several
+    inputs are given, or the file name of a file given directly. Both lists go through
+    :func:`unique_paths`, so no two inputs share an output path.
+    """
+    several = len({Path(r) for r in roots}) > 1
+    overlays, maps = [], []
+    for file, root in zip(files, roots, strict=True):
+        name = _natural_name(file, root, several)
+        overlays.append(PurePosixPath("overlays") / name.with_suffix(".png"))
+        mvtec = _mvtec_map_path(file, root)
+        maps.append(mvtec or PurePosixPath("maps") / name.with_suffix(".tiff"))
+    return unique_paths(overlays, files), unique_paths(maps, files)
+
+
+class FolderLock:
+    """Exclusive lock of an output folder for one run (``fcntl.flock`` on ``LOCK_FILE``).
+
+    The folder is created. A second run that tries to lock the same folder while the first holds
+    it gets a ConfigError at once (it does not wait). The operating system releases the lock
+    when the process ends, however it ends; the lock file itself stays (it is empty).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], what: str = "flawmap") -> None:
+        self.folder = Path(folder)
+        self.what = what
+        self._fd: int | None = None
+
+    def __enter__(self) -> FolderLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            return self
+        path = self.folder / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"another {self.what} is writing to {self.folder} right now (it holds {path}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
