@@ -242,7 +242,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from flawmap.outputs import check_output_folder
 
     check_output_folder(args.out)
-    from flawmap.models.base import check_save_target
+    from flawmap.models.folder import check_save_target
 
     check_save_target(args.out, args.overwrite)
     _set_threads(args.threads)
@@ -444,7 +444,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from flawmap.outputs import check_output_folder
 
     check_output_folder(args.out)
-    from flawmap.models.base import check_save_target
+    from flawmap.models.folder import check_save_target
 
     check_save_target(Path(args.out) / "model", args.overwrite)
     _set_threads(args.threads)

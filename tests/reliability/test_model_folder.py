@@ -22,7 +22,8 @@ from safetensors import safe_open
 
 from flawmap.errors import ConfigError, DataError, FlawmapWarning
 from flawmap.models import Detector, create_model, list_models, load_model
-from flawmap.models.base import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, check_save_target
+from flawmap.models.base import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
+from flawmap.models.folder import check_save_target
 
 FAST: dict[str, Any] = {
     "weights": "random",
@@ -350,7 +351,7 @@ def test_flipped_bytes_in_the_tensors_are_detected(saved: Path) -> None:
         (lambda c: c["fit"].update(n_train="many"), r"'fit\.n_train' must be a number"),
         (lambda c: c.update(format="something-else"), r"is not a flawmap model config"),
         (lambda c: c.update(model="nosuchmodel"), r"model 'nosuchmodel' is not known"),
-        (lambda c: c["params"].update(coreset_rate=0.1), r"'coreset_rate' are not parameters"),
+        (lambda c: c["params"].update(coreset_rate=0.1), r"no parameter coreset_rate"),
         (lambda c: c["params"].update(image_size="big"), r"image_size"),
         (lambda c: c["params"].update(seed=-1), r"seed must be an integer"),
     ],

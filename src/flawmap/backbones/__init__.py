@@ -6,8 +6,7 @@ The registry (names, specs) imports no torch; the extractor names (``FeatureExtr
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flawmap.backbones.registry import (
     DEFAULT_BACKBONE,
@@ -16,6 +15,7 @@ from flawmap.backbones.registry import (
     list_backbones,
     register_backbone,
 )
+from flawmap.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from flawmap.backbones.extractor import (
@@ -45,14 +45,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -193,7 +193,12 @@ def _open(path: Path, kind: str) -> Image.Image:
         raise DataError(f"{kind} file {path} does not exist") from None
     except IsADirectoryError:
         raise DataError(f"{kind} path {path} is a directory, not a file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError as exc:
+        raise DataError(
+            f"cannot read {kind} file {path}: not an image in a format Pillow can decode "
+            f"(empty, damaged, or not really a {path.suffix or 'image'} file)"
+        ) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"cannot read {kind} file {path}: {exc}") from exc
     for w in caught:
         if not issubclass(w.category, Image.DecompressionBombWarning):

@@ -7,8 +7,9 @@ or a function that needs them is first asked for.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from flawmap.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from flawmap.models.base import (
@@ -16,12 +17,12 @@ if TYPE_CHECKING:
         Detector,
         Prediction,
         create_model,
-        load_model,
         model_class,
         register_model,
     )
     from flawmap.models.cse import CSE
     from flawmap.models.fcdd import FCDD
+    from flawmap.models.folder import load_model
     from flawmap.models.mlff import MLFF
     from flawmap.models.padim import Padim
     from flawmap.models.patchcore.model import PatchCore
@@ -32,7 +33,7 @@ _WHERE = {
     "Detector": "flawmap.models.base",
     "Prediction": "flawmap.models.base",
     "create_model": "flawmap.models.base",
-    "load_model": "flawmap.models.base",
+    "load_model": "flawmap.models.folder",
     "model_class": "flawmap.models.base",
     "register_model": "flawmap.models.base",
     "CSE": "flawmap.models.cse",
@@ -75,14 +76,4 @@ def list_models() -> list[str]:
     return builtin_names()
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)

@@ -23,20 +23,14 @@ Conventions (scikit-learn / PyOD style):
 from __future__ import annotations
 
 import abc
-import contextlib
-import hashlib
 import importlib
 import inspect
-import json
 import math
 import numbers
-import os
 import random
-import shutil
 import time
 import typing
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +42,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-import flawmap
 from flawmap.backbones import DEFAULT_BACKBONE, FeatureExtractor, resolve_layers
 from flawmap.data import ImageTransform, split_holdout
-from flawmap.errors import ConfigError, DataError, FlawmapError, FlawmapWarning, NotFittedError
-from flawmap.interrupts import HeldInterrupts
+from flawmap.errors import ConfigError, DataError, FlawmapError, NotFittedError
 from flawmap.models.catalogue import builtin_entry, builtin_names
 from flawmap.models.params import (
     AnyOf,
@@ -65,7 +57,6 @@ from flawmap.models.params import (
     Size,
     Text,
     check_all,
-    describe_changes,
 )
 from flawmap.models.postprocess import AnomalyMapPostprocessor, learn_threshold
 from flawmap.registry import Registry
@@ -493,40 +484,12 @@ class Detector(abc.ABC):
 
         Both files are written into a temporary sibling folder, flushed to disk, and the folder
         is renamed into place; an existing model there is replaced only with ``overwrite=True``
-        (see :func:`check_save_target`). An interrupted save leaves the previous folder as it was.
+        (see :func:`flawmap.models.folder.check_save_target`). An interrupted save leaves the
+        previous folder as it was.
         """
-        module = self._fitted_module()
-        target = check_save_target(directory, overwrite)
-        state_params = self._state_params()
-        if self.fitted_params_ is not None:
-            changed = describe_changes(self.fitted_params_, state_params)
-            if changed:
-                raise ConfigError(
-                    "parameters changed since this model was fitted "
-                    f"({'; '.join(changed)}): fit again, or set them back before saving"
-                )
-        fit_id = self.fit_id_ or uuid.uuid4().hex
-        config = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "flawmap_version": flawmap.__version__,
-            "model": self.name,
-            "fit_id": fit_id,
-            "params": {name: _jsonable(v) for name, v in self.get_params().items()},
-            "fit": {"train_seconds": self.train_seconds_, "n_train": self.n_train_},
-        }
-        state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-        metadata = {
-            "format": FORMAT,
-            "format_version": str(FORMAT_VERSION),
-            "model": self.name,
-            "fit_id": fit_id,
-            "params": json.dumps(state_params, sort_keys=True),
-            "sha256": _state_digest(state),
-        }
-        _write_model_folder(target, config, state, metadata)
-        self.fit_id_ = fit_id
-        return Path(directory)
+        from flawmap.models.folder import save_detector
+
+        return save_detector(self, directory, overwrite=overwrite)
 
     def _restore(
         self, state: dict[str, torch.Tensor], fit_info: dict[str, Any], fit_id: str | None
@@ -602,125 +565,6 @@ def _check_known(cls: type[Detector], params: dict[str, Any]) -> None:
         )
 
 
-# --------------------------------------------------------------------- model folders
-def check_save_target(directory: str | Path, overwrite: bool = False) -> Path:
-    """Check that a model can be saved to ``directory`` (call it before a long fit).
-
-    Accepted: a new folder (its nearest existing parent must be a writable folder), an empty
-    folder, or, with ``overwrite``, a folder that holds only a flawmap model. Refused with a
-    :class:`~flawmap.errors.ConfigError` naming the path: a file, a folder that cannot be written,
-    a folder holding other files (never deleted), a model folder without ``overwrite``. Creates
-    nothing. Returns the folder to write (a symlink is followed).
-    """
-    path = Path(directory).expanduser()
-    if path.is_symlink():
-        path = path.resolve()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{directory} is a file, not a folder: choose another output folder")
-    if path.is_dir():
-        entries = sorted(p.name for p in path.iterdir())
-        others = [name for name in entries if name not in (CONFIG_FILE, WEIGHTS_FILE)]
-        if others:
-            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-            raise ConfigError(
-                f"{directory} is not empty and is not a flawmap model folder (it holds {shown}): "
-                "choose a new or empty folder (flawmap never deletes files it did not write)"
-            )
-        if entries and not overwrite:
-            raise ConfigError(
-                f"{directory} already holds a model: pass --overwrite (command line) or "
-                "overwrite=True (Python) to replace it, or choose another folder"
-            )
-        _check_writable(path.parent.resolve(), directory)
-        return path
-    ancestor = path.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ConfigError(f"cannot create {directory}: {ancestor} is a file, not a folder")
-    _check_writable(ancestor, directory)
-    return path
-
-
-def _check_writable(folder: Path, directory: str | Path) -> None:
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"cannot write the model to {directory}: {folder} is not writable; "
-            "choose another output folder"
-        )
-
-
-def _state_digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the tensors' names, dtypes, shapes and bytes (sorted by name)."""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        tensor = state[key].detach().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's (or folder's) data to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_model_folder(
-    target: Path,
-    config: dict[str, Any],
-    state: dict[str, torch.Tensor],
-    metadata: dict[str, str],
-) -> None:
-    """Write both files into a hidden sibling of ``target``, then swap it into place.
-
-    The weights are written first and ``config.json`` last, so a leftover temporary folder
-    (a killed process) never holds a config without its complete weights.
-    """
-    from safetensors.torch import save_file
-
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = parent / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
-    try:
-        save_file(state, str(staging / WEIGHTS_FILE), metadata=metadata)
-        _fsync(staging / WEIGHTS_FILE)
-        with open(staging / CONFIG_FILE, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(config, indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        _fsync(staging)
-        _swap_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``; an existing ``target`` is moved aside first and
-    deleted after, or moved back when the rename fails. A Ctrl-C waits until both renames ran."""
-    old = None
-    with HeldInterrupts():
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
-            os.rename(target, old)
-            try:
-                os.rename(staging, target)
-            except BaseException:
-                os.rename(old, target)
-                raise
-        else:
-            os.rename(staging, target)
-    with contextlib.suppress(OSError):
-        _fsync(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def load_state_resizing(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a state dict, letting fitted buffers (memory banks, statistics) take saved shapes."""
     own = module.state_dict()
@@ -771,183 +615,3 @@ def create_model(name: str, **params: Any) -> Detector:
     detector = cls(**params)
     detector._validate_params()
     return detector
-
-
-def load_model(directory: str | Path) -> Detector:
-    """Rebuild a fitted detector from a folder written by ``Detector.save`` (offline).
-
-    Refused with a :class:`~flawmap.errors.DataError` naming the file: a missing or damaged file,
-    a ``config.json`` with a missing or mistyped field, an unknown model, a newer format version,
-    and (format 2) a pair of files from two different fits or a ``config.json`` whose
-    state-shaping parameters differ from those recorded in the weights. Format 1 folders (no
-    record to check against) load with a :class:`~flawmap.errors.FlawmapWarning`.
-    """
-    folder = Path(directory)
-    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise DataError(f"{path} not found: is {folder} a model folder written by flawmap fit?")
-    config = _read_config(config_path)
-    cls = _model_class_for(config["model"], config_path)
-    params = _params_from_json(cls, config["params"], config_path)
-    try:
-        detector = create_model(config["model"], **params)
-    except ConfigError as exc:
-        raise DataError(f"{config_path} holds an invalid parameter: {exc}") from exc
-    state, metadata = _read_weights(weights_path)
-    version = config["format_version"]
-    if version >= 2:
-        _cross_check(config, metadata, detector, config_path, weights_path)
-        if metadata.get("sha256") != _state_digest(state):
-            raise DataError(
-                f"{weights_path} is corrupted: its tensors do not match the checksum recorded "
-                "when it was saved; restore the folder from a backup or fit the model again"
-            )
-    else:
-        warnings.warn(
-            FlawmapWarning(
-                f"{folder} was saved in model format {version}, which records nothing to check "
-                f"{CONFIG_FILE} against {WEIGHTS_FILE}; save it again to upgrade it"
-            ),
-            stacklevel=2,
-        )
-    try:
-        detector._restore(state, config["fit"], config.get("fit_id"))
-    except (ConfigError, RuntimeError) as exc:
-        raise DataError(
-            f"{weights_path} does not fit the model that {config_path} describes: {exc}"
-        ) from exc
-    return detector
-
-
-#: Required fields of config.json and their JSON types, by the format version that added them.
-_CONFIG_FIELDS: dict[str, tuple[type, ...]] = {"model": (str,), "params": (dict,)}
-_CONFIG_FIELDS_V2: dict[str, tuple[type, ...]] = {"fit_id": (str,), "fit": (dict,)}
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    """Parse and check the structure of a config.json (DataError naming the file and field)."""
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path} cannot be read as JSON: {exc}") from exc
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise DataError(f'{path} is not a flawmap model config (no "format": "{FORMAT}")')
-    version = config.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise DataError(
-            f"{path}: field 'format_version' must be an integer, got {version!r}"
-            + (" (missing)" if "format_version" not in config else "")
-        )
-    if version > FORMAT_VERSION:
-        raise DataError(
-            f"{path} was written by a newer flawmap (model format {version}; this flawmap "
-            f"{flawmap.__version__} reads formats up to {FORMAT_VERSION}): upgrade flawmap "
-            "(pip install --upgrade flawmap) to load it"
-        )
-    if version < 1:
-        raise DataError(f"{path}: unknown model format version {version}")
-    fields = {**_CONFIG_FIELDS, **(_CONFIG_FIELDS_V2 if version >= 2 else {})}
-    for name, types in fields.items():
-        if name not in config:
-            raise DataError(f"{path}: required field {name!r} is missing")
-        if not isinstance(config[name], types):
-            raise DataError(
-                f"{path}: field {name!r} must be a JSON "
-                f"{'object' if types == (dict,) else 'string'}, got {config[name]!r}"
-            )
-    fit = config.setdefault("fit", {})
-    if not isinstance(fit, dict):
-        raise DataError(f"{path}: field 'fit' must be a JSON object, got {fit!r}")
-    for name, kind in (("train_seconds", numbers.Real), ("n_train", int)):
-        value = fit.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-            raise DataError(f"{path}: field 'fit.{name}' must be a number or null, got {value!r}")
-    return config
-
-
-def _model_class_for(name: str, config_path: Path) -> type[Detector]:
-    try:
-        return model_class(name)
-    except ConfigError as exc:
-        raise DataError(
-            f"{config_path}: model {name!r} is not known to this flawmap ({exc}); "
-            "was it saved by a newer flawmap or a plugin that is not installed?"
-        ) from exc
-
-
-def _expects_tuple(annotation: Any) -> bool:
-    """Whether a parameter annotation admits a tuple (``tuple[...]``, ``X | tuple[...]``)."""
-    if annotation is tuple or typing.get_origin(annotation) is tuple:
-        return True
-    return any(_expects_tuple(arg) for arg in typing.get_args(annotation))
-
-
-def _params_from_json(
-    cls: type[Detector], raw: dict[str, Any], config_path: Path
-) -> dict[str, Any]:
-    """config.json params -> constructor arguments (lists become tuples where annotated so)."""
-    types = cls.param_types()
-    unknown = sorted(set(raw) - set(types))
-    if unknown:
-        raise DataError(
-            f"{config_path}: params {', '.join(repr(k) for k in unknown)} are not parameters of "
-            f"model {cls.name!r} (its parameters: {', '.join(sorted(types))})"
-        )
-    return {
-        name: tuple(value) if isinstance(value, list) and _expects_tuple(types[name]) else value
-        for name, value in raw.items()
-    }
-
-
-def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors and metadata of a safetensors file (DataError naming it when damaged)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise DataError(
-            f"{path} is damaged or truncated ({exc}): restore the folder from a backup or fit "
-            "the model again"
-        ) from exc
-    return state, metadata
-
-
-def _cross_check(
-    config: dict[str, Any],
-    metadata: dict[str, str],
-    detector: Detector,
-    config_path: Path,
-    weights_path: Path,
-) -> None:
-    """Refuse a config.json and weights file that are not one save of one fit."""
-    recorded = {key: metadata.get(key) for key in ("format_version", "model", "fit_id", "params")}
-    if None in recorded.values():
-        raise DataError(
-            f"{weights_path} does not record which model it belongs to, but {config_path} is "
-            f"format {config['format_version']}: the folder mixes files of different saves; "
-            "restore both files from one save, or fit again"
-        )
-    if recorded["model"] != config["model"] or recorded["fit_id"] != config["fit_id"]:
-        raise DataError(
-            f"{config_path} and {weights_path} come from two different fits "
-            f"({config['model']} fit {config['fit_id'][:12]} vs {recorded['model']} fit "
-            f"{str(recorded['fit_id'])[:12]}): the folder mixes two models; restore both files "
-            "from one save, or fit again"
-        )
-    try:
-        fitted = json.loads(str(recorded["params"]))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{weights_path}: its recorded parameters are not valid JSON") from exc
-    if not isinstance(fitted, dict):
-        raise DataError(f"{weights_path}: its recorded parameters are not a JSON object")
-    changed = describe_changes(fitted, detector._state_params())
-    if changed:
-        raise DataError(
-            f"{config_path} does not match the fitted weights in {weights_path}; "
-            f"changed since the fit (fitted -> config.json): {'; '.join(changed)}. "
-            "Undo the edit, or fit a new model with the new parameters"
-        )
