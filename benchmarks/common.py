@@ -106,7 +106,7 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
         record["final_train_loss"] = history.epoch_losses[-1]
         if getattr(history, "best_epoch", None) is not None:  # validation checkpointing (CSE)
             record["best_epoch"] = history.best_epoch
-    bank = getattr(detector.module_, "memory_bank", None)
+    bank = getattr(detector.module, "memory_bank", None)
     if bank is not None:
         record["memory_bank"] = int(bank.shape[0])
     return record

@@ -27,18 +27,18 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
-from flawmap.models.patchcore.sampler import (
-    GreedyCoresetSampler,
-    RandomSampler,
-    coverage_radius,
-    naive_greedy_coreset,
-)
+from flawmap.models.patchcore.sampler import GreedyCoresetSampler, RandomSampler, coverage_radius
 from flawmap.models.patchcore.search import BruteForceSearch, ClusterPrunedSearch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the naive loop lives in tests/
+from tests.reference import naive_greedy_coreset
 
 D = 152
 N_BOTTLE = 214_016

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from flawmap.errors import ConfigError, DataError, FlawmapError, FlawmapWarning
+from flawmap.errors import ConfigError, FlawmapError, FlawmapWarning
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -290,154 +290,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-SCORE_COLUMNS = ["path", "score", "label", "threshold", "overlay", "map", "error"]
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    from flawmap.outputs import FolderLock, check_output_folder
+    from flawmap.outputs import check_output_folder
 
     out = check_output_folder(args.out)
     _set_threads(args.threads)
-    from flawmap.data import ImageDataset, PathsDataset
     from flawmap.models import load_model
+    from flawmap.scoring import predict_to_folder
 
     detector = load_model(args.model_dir)
-    if args.threshold is not None:
-        detector.set_threshold(args.threshold)
-    samples, roots = [], []
-    own = out.absolute().resolve()
-    for path in args.paths:  # one at a time, to know which argument each file came from
-        # files of an earlier run into --out (e.g. --out inside an input folder) are not inputs
-        found = [
-            s
-            for s in PathsDataset([path]).samples
-            if not s.path.absolute().resolve().is_relative_to(own)
-        ]
-        if not found:
-            raise DataError(f"{path} holds no images besides the outputs in --out {out}")
-        samples += found
-        roots += [Path(path)] * len(found)
-    dataset = ImageDataset(samples, transform=detector.transform)
-    with FolderLock(out, "flawmap predict"):
-        rows = _predict_into(detector, dataset, roots, out, args)
-    failed = [r for r in rows if r["error"]]
-    scored = [r for r in rows if r["score"] is not None]
-    flagged = sum(r["label"] == "defective" for r in scored)
+    summary = predict_to_folder(
+        detector,
+        args.paths,
+        out,
+        threshold=args.threshold,
+        save_maps=args.save_maps,
+        progress=not args.quiet,
+    )
+    failed = summary.failed
     print(
-        f"{len(scored)} images scored, {flagged} flagged defective, {len(failed)} failed; "
-        f"results in {out}"
+        f"{summary.scored} images scored, {summary.flagged} flagged defective, {len(failed)} "
+        f"failed; results in {out}"
     )
     for row in failed[:10]:
         print(f"flawmap: failed: {row['path']}: {row['error']}", file=sys.stderr)
     if len(failed) > 10:
         print(f"flawmap: ... and {len(failed) - 10} more (see scores.csv)", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
-
-
-def _predict_into(
-    detector: Any, dataset: Any, roots: list[Path], out: Path, args: argparse.Namespace
-) -> list[dict[str, Any]]:
-    """Score ``dataset`` into ``out`` (overlays, optional maps, scores.csv/json); the rows."""
-    from flawmap.outputs import output_paths
-    from flawmap.scoring import predict_readable
-
-    files = [s.path for s in dataset.samples]
-    overlay_paths, map_paths = output_paths(files, roots)
-    threshold = detector.threshold
-    rows: list[dict[str, Any]] = [
-        {
-            "path": str(f),
-            "score": None,
-            "label": None,
-            "threshold": threshold,
-            "overlay": None,
-            "map": None,
-            "error": None,
-        }
-        for f in files
-    ]
-    vmin = vmax = None
-    for chunk in predict_readable(detector, dataset, progress=not args.quiet):
-        for failure in chunk.failures:
-            rows[failure.index]["error"] = failure.error
-        pred = chunk.prediction
-        if pred is None:
-            continue
-        if vmin is None:  # one colour range for all overlays, from the first scored chunk
-            from flawmap.evaluation import display_range
-
-            vmin, vmax = display_range(pred)
-        for j, i in enumerate(chunk.indices):
-            row = rows[i]
-            row["score"] = float(pred.scores[j])
-            if pred.labels is not None:
-                row["label"] = "defective" if pred.labels[j] else "good"
-            try:
-                _write_image_outputs(
-                    files[i],
-                    pred.maps[j],
-                    (vmin, vmax),
-                    pred.threshold,
-                    out / overlay_paths[i],
-                    out / map_paths[i] if args.save_maps else None,
-                )
-            except DataError as exc:
-                row["error"] = f"scored, but its outputs could not be written: {exc}"
-                continue
-            row["overlay"] = overlay_paths[i].as_posix()
-            row["map"] = map_paths[i].as_posix() if args.save_maps else None
-    _write_scores(rows, out)
-    return rows
-
-
-def _write_image_outputs(
-    source: Path,
-    amap: Any,
-    display: tuple[float, float],
-    threshold: float | None,
-    overlay_path: Path,
-    map_path: Path | None,
-) -> None:
-    """The overlay PNG of ``source`` with its (h, w) map and, with ``map_path``, the map as a
-    float32 TIFF at the image's size; each file is written atomically."""
-    import numpy as np
-
-    from flawmap.data import load_image
-    from flawmap.outputs import atomic_write
-    from flawmap.report import heatmap_overlay, save_float_tiff, save_png
-
-    image = np.asarray(load_image(source))
-    overlay = heatmap_overlay(image, amap, *display, threshold=threshold)
-    atomic_write(overlay_path, lambda tmp: save_png(overlay, tmp))
-    if map_path is not None:
-        full = _resize_map(amap, (image.shape[1], image.shape[0]))
-        atomic_write(map_path, lambda tmp: save_float_tiff(full, tmp))
-
-
-def _write_scores(rows: list[dict[str, Any]], out: Path) -> None:
-    """``scores.csv`` and ``scores.json`` (one row per input, in input order), atomically."""
-    import csv
-    import io
-    import json
-
-    from flawmap.outputs import write_text_atomic
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SCORE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out / "scores.csv", buffer.getvalue())
-    write_text_atomic(out / "scores.json", json.dumps(rows, indent=2) + "\n")
-
-
-def _resize_map(amap: Any, size: tuple[int, int]) -> Any:
-    """(h, w) float map -> (H, W) float32 at the original image's size (PIL size = (W, H))."""
-    import numpy as np
-    from PIL import Image
-
-    return np.asarray(
-        Image.fromarray(amap.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
-    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -465,20 +344,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import json
-    import re
-
     from flawmap.outputs import check_output_folder
 
     out = check_output_folder(args.out)
-    from flawmap.report.markdown import metric_label
     from flawmap.stats import (
         compare,
         comparison_markdown,
-        critical_difference_diagram,
         load_records,
         parse_method_key,
         score_table,
+        write_comparison,
     )
 
     records = load_records(args.results)
@@ -493,21 +368,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         result = compare(
             table, alpha=args.alpha, higher_is_better=better, zero_method=args.zero_method
         )
-        stem = re.sub(r"[^\w.-]", "_", table.metric)
-        (out / f"compare_{stem}.md").write_text(comparison_markdown(result))
-        (out / f"compare_{stem}.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        unit = "categories" if table.seeds_averaged else "blocks"
-        title = f"{metric_label(table.metric)}: average rank over {len(table.blocks)} {unit}"
-        for ext in ("png", "svg"):
-            critical_difference_diagram(
-                result.average_ranks, result.pairs, out / f"cd_{stem}.{ext}",
-                alpha=args.alpha, title=title,
-            )  # fmt: skip
+        written = write_comparison(result, out)
         if not args.quiet:
             print(comparison_markdown(result, per_block=False))
-        print(
-            f"wrote compare_{stem}.md, compare_{stem}.json, cd_{stem}.png, cd_{stem}.svg in {out}"
-        )
+        print(f"wrote {', '.join(p.name for p in written)} in {out}")
     return EXIT_OK
 
 

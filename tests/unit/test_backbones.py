@@ -1,4 +1,5 @@
-"""Backbone registry, static stage metadata, frozen extractor, offline weight resolution."""
+"""Backbone registry, static stage metadata, the extractor (frozen, fine-tuned, truncated),
+offline weight resolution."""
 
 from __future__ import annotations
 
@@ -122,3 +123,50 @@ def test_pip_lite0_weights_map_onto_timm_and_classify() -> None:
         torch.testing.assert_close(a, b)
     random = FeatureExtractor("tf_efficientnet_lite0", (2, 3), weights="random")
     assert not torch.equal(random.net.conv_stem.weight, extractor.net.conv_stem.weight)
+
+
+def test_partial_fine_tuning_of_the_extractor() -> None:
+    extractor = FeatureExtractor("tf_efficientnet_lite0", (2,), "random", trainable_stages=1)
+    trainable = {n for n, p in extractor.net.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("blocks.2.") for n in trainable)
+    assert len(trainable) == sum(1 for n, _ in extractor.net.named_parameters() if "blocks.2." in n)
+    extractor.train()
+    for name, module in extractor.net.named_modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            assert module.training == name.startswith("blocks.2."), name
+    extractor.eval()
+    assert not any(m.training for m in extractor.modules())
+    resnet = FeatureExtractor("resnet18", (2,), "random", trainable_stages=1)
+    names = {n.split(".")[0] for n, p in resnet.net.named_parameters() if p.requires_grad}
+    assert names == {"layer2"}
+    frozen = FeatureExtractor("resnet18", (2,), "random", trainable_stages=0)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert (
+        FeatureExtractor("resnet18", (2,), "random", trainable_stages=None).trainable_modules == ()
+    )
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ConfigError, match="trainable_stages"):
+            FeatureExtractor("resnet18", (2,), "random", trainable_stages=bad)  # type: ignore[arg-type]
+
+
+def test_truncation_keeps_outputs() -> None:
+    full = FeatureExtractor("tf_efficientnet_lite0", (2,), "random")
+    cut = FeatureExtractor("tf_efficientnet_lite0", (2,), "random", truncate=True)
+    cut.load_state_dict({k: v for k, v in full.state_dict().items() if k in cut.state_dict()})
+    assert len(cut.state_dict()) < len(full.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(cut(x)[0], full(x)[0], rtol=0, atol=0)
+
+
+def test_make_extractor_is_feature_extractor_with_the_models_stages() -> None:
+    from flawmap.models import create_model
+
+    detector = create_model("fcdd", weights="random")
+    made = detector.make_extractor("random", trainable_stages=1, truncate=True)
+    direct = FeatureExtractor(
+        detector.backbone, detector.stage_indices(), "random", trainable_stages=1, truncate=True
+    )
+    assert made.layers == direct.layers and made.trainable_modules == direct.trainable_modules
+    assert list(made.state_dict()) == list(direct.state_dict())
+    frozen = detector.make_extractor("random")
+    assert frozen.trainable_modules == () and not any(p.requires_grad for p in frozen.parameters())

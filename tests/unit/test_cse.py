@@ -231,10 +231,14 @@ def test_checkpoint_is_the_epoch_with_lowest_validation_loss() -> None:
 
     _, val_idx = split_holdout(len(images), model.validation_fraction, model.seed)
     val_images = images[torch.from_numpy(val_idx)]
-    with warnings.catch_warnings():
+
+    def extract(x: torch.Tensor) -> list[torch.Tensor]:
+        return list(module.extractor(x.float()))
+
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", UserWarning)
         pairs = model._validation_pairs(
-            module, model._features(module, val_images), val_images.half(), DefectSynthesizer(None)
+            extract, extract(val_images), val_images.half(), DefectSynthesizer(None)
         )
     loss = model._validation_loss(module, model.decoder_, pairs)
     assert loss == pytest.approx(history.val_losses[history.best_epoch], rel=1e-5)

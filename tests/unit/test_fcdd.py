@@ -18,20 +18,19 @@ from flawmap.models import FCDD, create_model
 from flawmap.models.base import seed_everything
 from flawmap.models.fcdd import (
     LOSSES,
-    PUSH_EPS,
     ReceptiveField,
     ReceptiveUpsample,
     augment,
     fcdd_loss,
     gaussian_kernel,
     hsc_pixel_loss,
-    load_anomaly_folder,
     local_contrast_normalization,
     pseudo_huber,
     push,
     receptive_field,
 )
-from flawmap.synth import ConfettiNoise
+from flawmap.models.losses import PUSH_EPS
+from flawmap.synth import ConfettiNoise, load_anomaly_folder
 from tests.synthetic import plant_defect, textured_image
 
 FAST = {"weights": "random", "image_size": 64, "threshold_holdout": 0.0}
@@ -292,36 +291,6 @@ def test_augmentation_is_seeded_and_keeps_masks_binary() -> None:
             assert not torch.equal(crop[i], images[i])
 
 
-# --------------------------------------------------------------------------- extractor
-def test_partial_fine_tuning_of_the_extractor() -> None:
-    extractor = FeatureExtractor("tf_efficientnet_lite0", (2,), "random", trainable_stages=1)
-    trainable = {n for n, p in extractor.net.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith("blocks.2.") for n in trainable)
-    assert len(trainable) == sum(1 for n, _ in extractor.net.named_parameters() if "blocks.2." in n)
-    extractor.train()
-    for name, module in extractor.net.named_modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            assert module.training == name.startswith("blocks.2."), name
-    extractor.eval()
-    assert not any(m.training for m in extractor.modules())
-    resnet = FeatureExtractor("resnet18", (2,), "random", trainable_stages=1)
-    names = {n.split(".")[0] for n, p in resnet.net.named_parameters() if p.requires_grad}
-    assert names == {"layer2"}
-    frozen = FeatureExtractor("resnet18", (2,), "random", trainable_stages=0)
-    assert not any(p.requires_grad for p in frozen.parameters())
-    with pytest.raises(ConfigError, match="either"):
-        FeatureExtractor("resnet18", (2,), "random", trainable=True, trainable_stages=1)
-
-
-def test_truncation_keeps_outputs() -> None:
-    full = FeatureExtractor("tf_efficientnet_lite0", (2,), "random")
-    cut = FeatureExtractor("tf_efficientnet_lite0", (2,), "random", truncate=True)
-    cut.load_state_dict({k: v for k, v in full.state_dict().items() if k in cut.state_dict()})
-    assert len(cut.state_dict()) < len(full.state_dict())
-    x = torch.rand(2, 3, 64, 64)
-    torch.testing.assert_close(cut(x)[0], full(x)[0], rtol=0, atol=0)
-
-
 # --------------------------------------------------------------------------- training
 @pytest.mark.parametrize(
     ("layers", "tuned_blocks"),
@@ -374,27 +343,21 @@ def test_training_lowers_the_loss_and_finds_a_planted_defect(loss: str) -> None:
     assert bad_score[0] > model.predict(toy_images(4, seed=9)).scores.max()
 
 
-def test_sgd_schedule_and_an_epoch_is_ten_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    import flawmap.models.base as base_module  # TrainedDetector._train calls run_epochs there
+def test_sgd_schedule_and_an_epoch_is_ten_passes() -> None:
+    seen: dict[str, object] = {}
 
-    seen: dict[str, list] = {"n_items": [], "lrs": [], "optimizers": []}
-    original = base_module.run_epochs
+    class Spy(FCDD):  # records what FCDD hands to the shared training loop
+        def _train(self, module, step, optimizers, n_items, progress, **kwargs):
+            seen.update(n_items=n_items, optimizers=optimizers, schedules=kwargs["schedules"])
+            return super()._train(module, step, optimizers, n_items, progress, **kwargs)
 
-    def spy(step, optimizers, n_items, **kwargs):
-        seen["n_items"].append(n_items)
-        seen["optimizers"].extend(optimizers)
-
-        def on_epoch_end(epoch: int, loss: float) -> None:
-            kwargs["on_epoch_end"](epoch, loss)
-            seen["lrs"].append(optimizers[0].param_groups[0]["lr"])
-
-        return original(step, optimizers, n_items, **{**kwargs, "on_epoch_end": on_epoch_end})
-
-    monkeypatch.setattr(base_module, "run_epochs", spy)
-    FCDD(**FAST, epochs=2, train_batch_size=32).fit(toy_images(3))
-    assert seen["n_items"] == [30]  # 10 passes over the 3 training images
-    np.testing.assert_allclose(seen["lrs"], [1e-3 * 0.985, 1e-3 * 0.985**2])
+    Spy(**FAST, epochs=2, train_batch_size=32).fit(toy_images(3))
+    assert seen["n_items"] == 30  # 10 passes over the 3 training images
+    (schedule,) = seen["schedules"]
+    assert schedule.every == "epoch"
+    assert isinstance(schedule.scheduler, torch.optim.lr_scheduler.ExponentialLR)
     (optimizer,) = seen["optimizers"]
+    np.testing.assert_allclose(optimizer.param_groups[0]["lr"], 1e-3 * 0.985**2)  # 2 epochs
     assert isinstance(optimizer, torch.optim.SGD)
     group = optimizer.param_groups[0]
     assert group["nesterov"] and group["momentum"] == 0.9 and group["weight_decay"] == 1e-4

@@ -423,7 +423,7 @@ def test_training_draws_the_pseudo_anomaly_fraction(monkeypatch: pytest.MonkeyPa
     # 2 epochs x round(0.5 x 3 x 6) = 9 pseudo-anomalies each, about half of each kind
     assert calls["confetti"] + calls["cutpaste"] == 18
     assert calls["confetti"] > 3 and calls["cutpaste"] > 3
-    assert len(model.history_.epoch_losses) == 2 and len(model.epoch_seconds_) == 2
+    assert len(model.history_.epoch_losses) == 2 and len(model.history_.epoch_seconds) == 2
     assert all(math.isfinite(v) for v in model.history_.epoch_losses)
 
 

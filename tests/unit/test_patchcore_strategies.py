@@ -10,9 +10,9 @@ from flawmap.models.patchcore.sampler import (
     GreedyCoresetSampler,
     RandomSampler,
     coverage_radius,
-    naive_greedy_coreset,
 )
 from flawmap.models.patchcore.search import BruteForceSearch, ClusterPrunedSearch
+from tests.reference import naive_greedy_coreset
 
 
 def _gaussian(n: int, d: int, seed: int) -> np.ndarray:
@@ -166,8 +166,6 @@ def test_sampler_rejects_bad_features_and_options() -> None:
         GreedyCoresetSampler(projection_dim=0)
     with pytest.raises(ConfigError, match="start"):
         GreedyCoresetSampler(start="middle")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="start_index"):
-        naive_greedy_coreset(_gaussian(10, 2, 0), 3, 10)
     with pytest.raises(ConfigError, match="selected"):
         coverage_radius(_gaussian(10, 2, 0), np.array([0, 10]))
 
@@ -242,20 +240,6 @@ def test_brute_force_chunking_is_invisible() -> None:
         small = BruteForceSearch(chunk_size=chunk).fit(bank).query(queries)
         np.testing.assert_array_equal(small[1], big[1])
         np.testing.assert_allclose(small[0], big[0], rtol=1e-6)
-
-
-def test_search_state_round_trip_is_arrays_only() -> None:
-    bank = _mixture(2000, 24, 29)
-    queries = _queries(bank, 30, n=200)
-    for search in (ClusterPrunedSearch(seed=3).fit(bank), BruteForceSearch().fit(bank)):
-        state = search.state()
-        assert all(isinstance(v, np.ndarray) and v.dtype != object for v in state.values())
-        copy = {k: np.array(v) for k, v in state.items()}
-        again = type(search).from_state(copy)
-        for a, b in zip(search.query(queries), again.query(queries), strict=True):
-            np.testing.assert_array_equal(a, b)
-    with pytest.raises(ConfigError, match="labels"):
-        ClusterPrunedSearch.from_state({"bank": bank, "mean": bank.mean(0)})
 
 
 def test_search_dtype_conversion() -> None:

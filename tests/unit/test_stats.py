@@ -28,6 +28,7 @@ from flawmap.stats import (
     min_attainable_p,
     pairwise_wilcoxon,
     score_table,
+    write_comparison,
 )
 
 # Hollander & Wolfe, Nonparametric Statistical Methods (Wiley, 1973, pp. 29 f.; 2nd ed. 1999,
@@ -339,6 +340,17 @@ def test_compare_and_markdown_summary() -> None:
     assert next(iter(latency.average_ranks)) == "fcdd (loss=fcdd)"
     few = compare(score_table(records[:9], "pixel_ap"))  # 3 blocks
     assert "no pair can be significant" in comparison_markdown(few)
+
+
+def test_write_comparison_writes_the_summary_and_both_diagrams(tmp_path: Path) -> None:
+    records = _records([*FCDD, ("padim", {})], [f"c{i}" for i in range(6)], [0])
+    result = compare(score_table(records, "pixel_ap"), alpha=0.2)
+    written = write_comparison(result, tmp_path / "new")
+    names = ["compare_pixel_ap.md", "compare_pixel_ap.json"]
+    names += ["cd_pixel_ap.png", "cd_pixel_ap.svg"]
+    assert [p.name for p in written] == names and all(p.is_file() for p in written)
+    assert written[0].read_text() == comparison_markdown(result)
+    assert json.loads(written[1].read_text()) == json.loads(json.dumps(result.to_dict()))
 
 
 # ------------------------------------------------------------------------------ CLI

@@ -1,4 +1,4 @@
-"""Frozen multi-stage feature extractor over timm (``features_only``)."""
+"""Multi-stage feature extractor over timm (``features_only``), frozen or partly fine-tuned."""
 
 from __future__ import annotations
 
@@ -105,7 +105,8 @@ def _stage_table(stages: list[StageInfo]) -> str:
 
 
 class FeatureExtractor(nn.Module):
-    """A frozen, eval-mode CNN that returns feature maps of the chosen stages.
+    """A CNN that returns feature maps of the chosen stages; frozen and in eval mode unless
+    ``trainable_stages`` fine-tunes its last stages.
 
     Input: images (B, 3, H, W) in [0, 1] (the extractor normalises them itself).
     Output: list of (B, C_i, H / s_i, W / s_i) maps, one per chosen stage, with
@@ -116,12 +117,11 @@ class FeatureExtractor(nn.Module):
         layers: stage indices or timm module names (``describe_stages`` lists them).
         weights: ``"pretrained"`` (resolved offline-first, see :mod:`flawmap.backbones.weights`),
             ``"random"`` (untrained, for tests), or the path of a local weights file.
-        trainable: keep gradients (fine-tuning models); default frozen.
-        trainable_stages: partial fine-tuning (instead of ``trainable``): only the modules that
-            run after the output of stage ``max(layers) - trainable_stages`` (the last
-            ``trainable_stages`` backbone stages up to the last chosen one) get gradients and
-            follow ``train()``; everything before stays frozen and in eval mode (BatchNorm
-            statistics fixed). ``0`` = all frozen; ``None`` (default) = ``trainable`` decides.
+        trainable_stages: fine-tuning: only the modules that run after the output of stage
+            ``max(layers) - trainable_stages`` (the last ``trainable_stages`` backbone stages up
+            to the last chosen one; all of them when it exceeds ``max(layers)``) get gradients
+            and follow ``train()``; everything before stays frozen and in eval mode (BatchNorm
+            statistics fixed). ``0`` (default; ``None`` reads the same) = all frozen.
         truncate: drop backbone blocks after the last chosen stage that timm would still run
             (EfficientNet-style backbones); same outputs, less compute, fewer state-dict keys.
     """
@@ -131,9 +131,8 @@ class FeatureExtractor(nn.Module):
         name: str,
         layers: Sequence[LayerRef],
         weights: str = "pretrained",
-        trainable: bool = False,
         *,
-        trainable_stages: int | None = None,
+        trainable_stages: int | None = 0,
         truncate: bool = False,
     ) -> None:
         super().__init__()
@@ -150,19 +149,17 @@ class FeatureExtractor(nn.Module):
         std = self.spec.std or self.net.pretrained_cfg.get("std", (0.229, 0.224, 0.225))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.trainable = trainable
+        if trainable_stages is None:
+            trainable_stages = 0
+        if isinstance(trainable_stages, bool) or not isinstance(trainable_stages, int):
+            raise ConfigError(f"trainable_stages must be an int >= 0, got {trainable_stages!r}")
+        if trainable_stages < 0:
+            raise ConfigError(f"trainable_stages must be >= 0, got {trainable_stages}")
         #: Names (inside ``net``) of the modules fine-tuned with ``trainable_stages``.
         self.trainable_modules: tuple[str, ...] = ()
-        if trainable_stages is not None:
-            if trainable:
-                raise ConfigError("give either trainable=True or trainable_stages, not both")
-            if isinstance(trainable_stages, bool) or not isinstance(trainable_stages, int):
-                raise ConfigError(f"trainable_stages must be an int >= 0, got {trainable_stages!r}")
-            if trainable_stages < 0:
-                raise ConfigError(f"trainable_stages must be >= 0, got {trainable_stages}")
+        if trainable_stages > 0:
             self.trainable_modules = self._modules_after_stage(max(self.layers) - trainable_stages)
-        if not trainable:
-            self.net.requires_grad_(False)
+        self.net.requires_grad_(False)
         for module_name in self.trainable_modules:
             self.net.get_submodule(module_name).requires_grad_(True)
         self.eval()
@@ -249,7 +246,7 @@ class FeatureExtractor(nn.Module):
         """Frozen extractors stay in eval mode (BatchNorm statistics never change); with
         ``trainable_stages`` only the fine-tuned modules follow ``mode``."""
         if not self.trainable_modules:
-            return super().train(mode and self.trainable)
+            return super().train(False)
         super().train(False)
         for module_name in self.trainable_modules:
             self.net.get_submodule(module_name).train(mode)

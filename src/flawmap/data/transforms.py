@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,25 +138,3 @@ class ImageTransform:
         if tuple(m.shape[-2:]) != self.resize_size:
             m = F.interpolate(m, size=self.resize_size, mode="nearest-exact")
         return self._crop((m[0] >= 0.5).to(torch.float32))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable options (tuples become lists); inverse of :meth:`from_dict`."""
-
-        def enc(v: Size | None) -> int | list[int] | None:
-            return list(v) if isinstance(v, tuple) else v
-
-        return {"image_size": enc(self.image_size), "center_crop": enc(self.center_crop)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ImageTransform:
-        """Build from :meth:`to_dict` output (missing keys take defaults).
-
-        Raises:
-            ConfigError: unknown keys or invalid values.
-        """
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"transform config must be a mapping, got {type(data).__name__}")
-        unknown = sorted(set(data) - {"image_size", "center_crop"})
-        if unknown:
-            raise ConfigError(f"unknown transform option(s): {', '.join(map(str, unknown))}")
-        return cls(**dict(data))

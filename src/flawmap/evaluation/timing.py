@@ -53,7 +53,7 @@ def measure_latency(
     the content (PatchCore's pruned search is fastest for in-distribution patches, slowest for
     pure noise). Without one, a fixed random image is used. Data loading is excluded.
     """
-    module = detector._fitted_module()
+    module = detector.module
     batch = _timing_batch(detector, image, batch_size, seed)
     return _median_ms(lambda: module(batch), runs, warmup)
 
@@ -69,6 +69,6 @@ def measure_backbone_latency(
 ) -> float:
     """Median milliseconds of the fitted model's feature extractor alone (the stages it uses),
     same protocol as :func:`measure_latency`: the reference for "latency <= k x backbone"."""
-    module = detector._fitted_module()
+    module = detector.module
     batch = _timing_batch(detector, image, batch_size, seed)
     return _median_ms(lambda: module.extractor(batch), runs, warmup)

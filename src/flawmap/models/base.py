@@ -31,7 +31,7 @@ import random
 import time
 import typing
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -58,9 +58,9 @@ from flawmap.models.params import (
     Text,
     check_all,
 )
-from flawmap.models.postprocess import AnomalyMapPostprocessor, learn_threshold
+from flawmap.models.postprocess import AnomalyMapPostprocessor, ImageScore, learn_threshold
 from flawmap.registry import Registry
-from flawmap.training import TrainingHistory, run_epochs
+from flawmap.training import CheckpointPolicy, Schedule, TrainingHistory, run_epochs
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -91,7 +91,12 @@ class Prediction:
     targets: dict[str, np.ndarray] = field(default_factory=dict)
 
     def masks(self) -> np.ndarray:
-        """(N, H, W) bool predicted defect regions: map >= threshold."""
+        """(N, H, W) bool predicted defect regions: map >= threshold.
+
+        Consistent with ``labels`` when the image score is the map's maximum (the default).
+        With a ``"mean"`` (or a model's own) image score, the threshold is on that score, so
+        the masks over-segment (see ``AnomalyMapPostprocessor``).
+        """
         if self.threshold is None:
             raise NotFittedError("this model has no threshold; fit with threshold_holdout > 0")
         return self.maps >= self.threshold
@@ -100,13 +105,27 @@ class Prediction:
 class AnomalyModule(nn.Module, abc.ABC):
     """The fitted network of a detector: backbone + head + post-processing, all state in buffers.
 
-    ``forward(images (B, 3, H, W) in [0, 1]) -> (scores (B,), maps (B, H, W))``.
+    ``forward(images (B, 3, H, W) in [0, 1]) -> (scores (B,), maps (B, H, W))``: the raw patch
+    scores go through the shared :class:`~flawmap.models.postprocess.AnomalyMapPostprocessor`
+    (upsampling, smoothing, image score). A model chooses its post-processing by arguments, not
+    by overriding ``forward``: ``upsample`` (a module ``(B, 1, h, w), (H, W) -> (B, 1, H, W)``,
+    registered as the submodule ``upsample``; default bilinear) and ``image_score`` (``"max"``
+    of the smoothed map, ``"mean"`` of the raw patch scores, or a callable; see the
+    post-processor).
     """
 
-    def __init__(self, extractor: FeatureExtractor, smoothing_sigma: float) -> None:
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        smoothing_sigma: float,
+        *,
+        upsample: nn.Module | None = None,
+        image_score: str | ImageScore = "max",
+    ) -> None:
         super().__init__()
         self.extractor = extractor
-        self.postprocess = AnomalyMapPostprocessor(smoothing_sigma)
+        self.postprocess = AnomalyMapPostprocessor(smoothing_sigma, image_score=image_score)
+        self.upsample = upsample
         self.register_buffer("threshold", torch.tensor(float("nan")))
 
     @abc.abstractmethod
@@ -115,7 +134,7 @@ class AnomalyModule(nn.Module, abc.ABC):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = images.shape[-2:]
-        return self.postprocess(self.patch_scores(images), (int(h), int(w)))
+        return self.postprocess(self.patch_scores(images), (int(h), int(w)), upsample=self.upsample)
 
 
 class _TensorImages(Dataset):
@@ -355,8 +374,17 @@ class Detector(abc.ABC):
         """Backbone stages used: ``layers`` if given, else the model's default strides."""
         return resolve_layers(self.backbone, self.layers, self.default_strides)
 
-    def make_extractor(self, weights: str, trainable: bool = False) -> FeatureExtractor:
-        return FeatureExtractor(self.backbone, self.stage_indices(), weights, trainable)
+    def make_extractor(
+        self, weights: str, *, trainable_stages: int = 0, truncate: bool = False
+    ) -> FeatureExtractor:
+        """The extractor of ``stage_indices()``; the options are ``FeatureExtractor``'s."""
+        return FeatureExtractor(
+            self.backbone,
+            self.stage_indices(),
+            weights,
+            trainable_stages=trainable_stages,
+            truncate=truncate,
+        )
 
     # ----------------------------------------------------------------- model specific
     @abc.abstractmethod
@@ -371,6 +399,15 @@ class Detector(abc.ABC):
     @property
     def is_fitted(self) -> bool:
         return self.module_ is not None
+
+    @property
+    def module(self) -> AnomalyModule:
+        """The fitted network (an ``AnomalyModule``), read-only.
+
+        Raises:
+            NotFittedError: before ``fit`` (or ``load_model``).
+        """
+        return self._fitted_module()
 
     @property
     def threshold(self) -> float | None:
@@ -525,10 +562,13 @@ class TrainedDetector(Detector):
         optimizers: list[torch.optim.Optimizer],
         n_items: int,
         progress: bool,
-        on_epoch_end: Callable[[int, float], None] | None = None,
+        *,
+        schedules: Sequence[Schedule] = (),
+        checkpoint: CheckpointPolicy | None = None,
     ) -> TrainingHistory:
         """:func:`~flawmap.training.run_epochs` over ``n_items`` items with this detector's
-        epochs, batch size and seed; ``module`` is in train mode during the loop only."""
+        epochs, batch size and seed; ``module`` is in train mode during the loop only;
+        ``schedules`` and ``checkpoint`` are passed through (default: keep the last epoch)."""
         return run_epochs(
             step,
             optimizers,
@@ -536,10 +576,11 @@ class TrainedDetector(Detector):
             batch_size=self.train_batch_size,
             epochs=self.epochs,
             seed=self.seed,
+            schedules=schedules,
+            checkpoint=checkpoint,
+            module=module,
             progress=progress,
             desc=f"{self.name}: train",
-            on_epoch_end=on_epoch_end,
-            module=module,
         )
 
 

@@ -66,9 +66,9 @@ augmentation), only the damaged copies go through the backbone during training.
 
 from __future__ import annotations
 
-import copy
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -80,14 +80,14 @@ from flawmap.backbones import FeatureExtractor
 from flawmap.data import split_holdout
 from flawmap.errors import ConfigError, DataError
 from flawmap.models.base import AnomalyModule, TrainedDetector, register_model
+from flawmap.models.features import collect_features, concat_on_finest_grid
 from flawmap.models.params import Constraint, Int, NoneOr, OneOf, Real, Seq, Text
 from flawmap.synth import DefectSynthesizer
-from flawmap.training import TrainingHistory
+from flawmap.training import BestOnValidation, Schedule, TrainingHistory
 
 __all__ = [
     "CSE",
     "CSEDecoder",
-    "CSEHistory",
     "CSEModule",
     "contrastive_cosine_loss",
     "decoder_loss",
@@ -247,10 +247,9 @@ class CSEModule(AnomalyModule):
         n_clusters: int,
         image_score: str,
     ) -> None:
-        super().__init__(extractor, smoothing_sigma)
+        super().__init__(extractor, smoothing_sigma, image_score=image_score)
         c = sum(extractor.channels)
         self.embed_dim = embed_dim
-        self.image_score = image_score
         self.embedder = nn.Sequential(  # C -> C/2 -> C/4 -> D, §3.2
             *_pointwise_block(c, max(1, c // 2)),
             *_pointwise_block(max(1, c // 2), max(1, c // 4)),
@@ -259,26 +258,13 @@ class CSEModule(AnomalyModule):
         self.register_buffer("centres", torch.zeros(n_clusters, embed_dim))
 
     @staticmethod
-    def fuse(features: list[torch.Tensor]) -> torch.Tensor:
-        """Stage maps [(B, C_l, h_l, w_l)] -> (B, sum C_l, h_0, w_0): every stage upsampled
-        (bilinear) to the first (finest) stage's grid, then concatenated (§3.2)."""
-        size = features[0].shape[-2:]
-        maps = [
-            f
-            if f.shape[-2:] == size
-            else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-            for f in features
-        ]
-        return torch.cat(maps, dim=1)
-
-    @staticmethod
     def pool(embedding: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) -> (B, D, h // 2, w // 2): the 2x2 average pooling (smoothing, §3.2)."""
         return F.avg_pool2d(embedding, kernel_size=2, stride=2)
 
     def embed(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage maps -> (unpooled (B, D, h, w), pooled (B, D, h // 2, w // 2)) embeddings."""
-        unpooled = self.embedder(self.fuse(features))
+        unpooled = self.embedder(concat_on_finest_grid(features))  # §3.2
         return unpooled, self.pool(unpooled)
 
     def embeddings(self, images: torch.Tensor) -> torch.Tensor:
@@ -294,27 +280,8 @@ class CSEModule(AnomalyModule):
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
         return self.distances(self.embeddings(images))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h, w = int(images.shape[-2]), int(images.shape[-1])
-        raw = self.patch_scores(images)
-        scores, maps = self.postprocess(raw, (h, w))
-        if self.image_score == "mean":  # the paper's image score: mean over positions
-            scores = raw.mean(dim=(1, 2, 3))
-        return scores, maps
-
 
 # --------------------------------------------------------------------------- detector
-@dataclass
-class CSEHistory(TrainingHistory):
-    """Training and validation loss per epoch and the kept (lowest validation loss) epoch.
-
-    ``val_losses`` is empty and ``best_epoch`` the last epoch when ``validation_fraction=0``.
-    """
-
-    val_losses: list[float] = field(default_factory=list)
-    best_epoch: int = -1
-
-
 @dataclass
 class _Pairs:
     """Cached backbone features of the first and second images of fixed pairs."""
@@ -341,12 +308,9 @@ class CSE(TrainedDetector):
             the contrastive loss applies (see the module docstring).
         contrastive_weight: lambda of eq. 6, total = lambda * contrastive + decoder (paper 10).
         epochs: training epochs. CPU default 20 (the paper trains 100, ``PAPER_SCHEDULE``).
-            An epoch costs about one backbone forward per damaged training image (half the
-            70 % split) plus ~10 ms of defect synthesis each; the defect-free features are
-            computed once at the start. Measured with ``tf_efficientnet_lite0`` at 256 px on
-            1 thread of a shared 2-core machine: bottle (188 images after the threshold
-            holdout) ~16 s loading + ~3.7 s per epoch; magnetic tile (686) ~42 s + ~13.5 s per
-            epoch, so 20 epochs take ~1.5 min and ~5 min (less on 2 threads).
+            An epoch costs about one backbone forward and one defect synthesis per damaged
+            training image; the defect-free features are computed once at the start
+            (timings: BENCHMARKS.md).
         train_batch_size: pairs per Adam step (paper 8).
         lr, betas, weight_decay: Adam (paper 4e-4, (0.5, 0.999), 1e-5); ``lr`` is the one-cycle
             schedule's maximum.
@@ -418,11 +382,11 @@ class CSE(TrainedDetector):
         self.weight_decay = weight_decay
         self.validation_fraction = validation_fraction
         self.image_score = image_score
-        self.history_: CSEHistory | None = None
+        self.history_: TrainingHistory | None = None
         self.decoder_: CSEDecoder | None = None
 
     def _build_module(self, weights: str) -> CSEModule:
-        extractor = FeatureExtractor(self.backbone, self.stage_indices(), weights, truncate=True)
+        extractor = self.make_extractor(weights, truncate=True)
         h, w = self.transform.output_size
         stride = extractor.strides[0]
         if h // stride < 2 or w // stride < 2:
@@ -466,15 +430,6 @@ class CSE(TrainedDetector):
         reconstruction = decoder_loss(decoder(unpooled[:b], sizes), first)
         return self.contrastive_weight * contrastive + reconstruction
 
-    @torch.no_grad()
-    def _features(self, module: CSEModule, images: torch.Tensor) -> list[torch.Tensor]:
-        """images (B, 3, H, W) -> backbone stage maps, chunked by ``batch_size``."""
-        chunks = [
-            module.extractor(images[i : i + self.batch_size].float())
-            for i in range(0, len(images), self.batch_size)
-        ]
-        return [torch.cat(parts) for parts in zip(*chunks, strict=True)]
-
     def _damage(
         self,
         images: torch.Tensor,
@@ -484,22 +439,19 @@ class CSE(TrainedDetector):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Damaged copies of ``images[damaged]`` (K, 3, H, W) and their masks (B, 1, H, W)."""
         masks = torch.zeros(len(images), 1, *images.shape[-2:])
-        picked = damaged.nonzero().flatten().tolist()
-        out = images[damaged].float().clone()
-        for k, i in enumerate(picked):
-            defect = synthesizer(out[k], generator)
-            out[k], masks[i] = defect.image, defect.mask
-        return out, masks
+        copies, masks[damaged] = synthesizer.apply(images[damaged].float(), generator)
+        return copies, masks
 
     def _validation_pairs(
         self,
-        module: CSEModule,
+        extract: Callable[[torch.Tensor], list[torch.Tensor]],
         first: list[torch.Tensor],
         images: torch.Tensor,
         synthesizer: DefectSynthesizer,
     ) -> _Pairs:
         """Fixed validation pairs of the validation images (N, 3, H, W) with features ``first``,
-        drawn from their own seeded stream; the damaged copies' features are computed once."""
+        drawn from their own seeded stream; the damaged copies' features (``extract``, the
+        frozen backbone) are computed once."""
         generator = torch.Generator().manual_seed(self.seed + _VALIDATION_SEED_OFFSET)
         n = len(images)
         damaged = torch.rand(n, generator=generator) < self.damage_probability
@@ -507,14 +459,13 @@ class CSE(TrainedDetector):
         second = [f[partner].clone() for f in first]
         copies, masks = self._damage(images, damaged, synthesizer, generator)
         if len(copies):
-            for s, f in enumerate(self._features(module, copies)):
+            for s, f in enumerate(extract(copies)):
                 second[s][damaged] = f
         return _Pairs(first, second, damaged, masks)
 
     @torch.no_grad()
     def _validation_loss(self, module: CSEModule, decoder: CSEDecoder, pairs: _Pairs) -> float:
-        """Mean total loss of the fixed validation pairs, embedder in eval mode."""
-        module.embedder.eval()
+        """Mean total loss of the fixed validation pairs (call with the embedder in eval mode)."""
         total, n = 0.0, len(pairs.damaged)
         for start in range(0, n, self.train_batch_size):
             sl = slice(start, start + self.train_batch_size)
@@ -527,7 +478,6 @@ class CSE(TrainedDetector):
                 pairs.masks[sl],
             )
             total += float(loss) * len(pairs.damaged[sl])
-        module.embedder.train()
         return total / n
 
     def _fit_module(self, module: AnomalyModule, data: Dataset, progress: bool) -> None:
@@ -546,19 +496,19 @@ class CSE(TrainedDetector):
         # The frozen backbone runs once per defect-free image (features cached); only the
         # damaged copies go through it later. Images stay in memory as float16 (exact to
         # ~2e-4) for the synthetic defects.
-        loaded, cached = [], []
-        for batch in self.batches(data, progress, "cse: features"):
-            cached.append(self._features(module, batch["image"]))
-            loaded.append(batch["image"].half())
-        images = torch.cat(loaded)
-        features = [torch.cat(parts) for parts in zip(*cached, strict=True)]
+        cache = collect_features(
+            self, data, module.extractor, progress=progress, desc="cse: features", keep_images=True
+        )
+        images, features = cache.images, cache.features
+        if images is None:
+            raise DataError("no training images")
         train_idx, val_idx = split_holdout(n, self.validation_fraction, self.seed)
         train_sel, val_sel = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
         train_images = images[train_sel]
         train_feats = [f[train_sel] for f in features]
         val_pairs = (
             self._validation_pairs(
-                module, [f[val_sel] for f in features], images[val_sel], synthesizer
+                cache.extract, [f[val_sel] for f in features], images[val_sel], synthesizer
             )
             if len(val_idx)
             else None
@@ -581,44 +531,34 @@ class CSE(TrainedDetector):
             total_steps=self.epochs * steps_per_epoch,
             cycle_momentum=False,  # keep Adam's betas (0.5, 0.999)
         )
-        calls = [0]
 
         def step(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-            # run_epochs steps the optimiser after this returns: advancing the schedule before
-            # every step but the first is scheduler.step() after every optimiser step.
-            if calls[0] > 0:
-                scheduler.step()
-            calls[0] += 1
             damaged = torch.rand(len(indices), generator=generator) < self.damage_probability
             partner = _partners(indices, n_train, generator)
             first = [f[indices] for f in train_feats]
             second = [f[partner].clone() for f in train_feats]
             copies, masks = self._damage(train_images[indices], damaged, synthesizer, generator)
             if len(copies):
-                for s, f in enumerate(self._features(module, copies)):
+                for s, f in enumerate(cache.extract(copies)):
                     second[s][damaged] = f
             return self.pair_loss(module, decoder, first, second, damaged, masks)
 
-        val_losses: list[float] = []
-        best: dict[str, torch.Tensor] | None = None
-        best_epoch = self.epochs - 1  # without validation: the last epoch
-
-        def on_epoch_end(epoch: int, _loss: float) -> None:
-            # Checkpoint policy: the embedder of the first epoch with the lowest validation loss.
-            nonlocal best, best_epoch
-            if val_pairs is None:
-                return
-            val_losses.append(self._validation_loss(module, decoder, val_pairs))
-            if best is None or val_losses[-1] < val_losses[best_epoch]:
-                best, best_epoch = copy.deepcopy(module.embedder.state_dict()), epoch
-
-        history = self._train(
-            module, step, [optimizer], n_train, progress, on_epoch_end=on_epoch_end
+        # Checkpoint: the embedder of the first epoch with the lowest validation loss.
+        checkpoint = (
+            BestOnValidation(
+                module.embedder, lambda: self._validation_loss(module, decoder, val_pairs)
+            )
+            if val_pairs is not None
+            else None
         )
-        if best is not None:
-            module.embedder.load_state_dict(best)
-        self.history_ = CSEHistory(
-            epoch_losses=history.epoch_losses, val_losses=val_losses, best_epoch=best_epoch
+        self.history_ = self._train(
+            module,
+            step,
+            [optimizer],
+            n_train,
+            progress,
+            schedules=[Schedule(scheduler, every="step")],
+            checkpoint=checkpoint,
         )
         self._fit_bank(module, train_feats, val_pairs)
 

@@ -1,53 +1,28 @@
-"""FCDD (Liznerski et al., ICLR 2021) with the pixel-wise hypersphere-classifier loss (seed 002).
+"""FCDD (Liznerski et al., ICLR 2021) with the seed paper's pixel-wise hypersphere-classifier loss.
 
 Data path (seed paper §3-4):
 
-- pre-processing (train and test, part of the module): local contrast normalisation per image,
-  all channels confounded (FCDD's L1 variant: subtract the mean, divide by the mean absolute
-  deviation), then min-max normalisation with per-channel minima/maxima fitted on the training
-  images (buffers, as FCDD's per-class constants); the backbone then applies its own ImageNet
-  normalisation;
-- phi: a pretrained CNN cut at one mid-level stage, the earlier stages frozen (eval-mode
-  BatchNorm), the last stage fine-tuned (``finetune_stages``); a 1x1 convolution with bias gives
-  one value per position. For VGG-11, stride 8 is the paper's "frozen up to the third max-pool,
-  cut before the fourth" (``layers=...`` picks it). Default: the default backbone's **stride-16**
-  stage, not stride 8 as the issue first proposed: with ``tf_efficientnet_lite0`` the stride-8
-  stage has 40 channels and only ~40 k trainable weights (VGG-11's block 4: 512 channels,
-  ~4.7 M), and on training data only (held-out good images + synthetic DTD/structural/blur
-  defects, ``benchmarks/results/fcdd_layers_selection.md``) stride 16 (112 channels, ~0.65 M
-  trainable, r = 339) scored 0.816 against 0.721 for stride 8, better on both categories;
-- A_low = h(phi(X)) with the pseudo-Huber function h(x) = sqrt(x^2 + 1) - 1 (>= 0, higher =
-  more anomalous);
-- A = upsample(A_low): FCDD's receptive-field upsampling, a transposed convolution with a fixed
-  Gaussian kernel whose size is the receptive field r of a feature cell and whose stride is the
-  network stride j, aligned on the receptive-field centres and cropped to the input size
-  (:class:`ReceptiveUpsample`; computed exactly as two matrix products since the kernel is
-  separable). r is measured for the chosen backbone stage (:func:`receptive_field`). For
-  ``tf_efficientnet_lite0`` at stride 8: r = 67, j = 8, centre of cell (p, q) at pixel
-  (8p + 7, 8q + 7), std = 10 (VGG-11, the paper's network: r = 62, j = 8, centre 8p + 3.5);
-- losses: :func:`fcdd_loss` (eq. 4, ``loss="fcdd"``) and :func:`hsc_pixel_loss` (eq. 5,
-  ``loss="hsc_pixel"``, the seed paper's proposal, default);
-- training (§4): each training image is replaced by an anomalous one with probability 0.5 --
-  confetti noise (:class:`~flawmap.synth.ConfettiNoise`) or, semi-supervised, a real defective
-  image from ``anomaly_dir`` (never both) -- then augmented (random crop or resize, colour
-  jitter, Gaussian noise); SGD with Nesterov momentum 0.9, weight decay 1e-4, lr 1e-3 decayed
-  1.5 % per epoch; one epoch = 10 passes over the training set; the last epoch is kept (no test
-  data is ever looked at);
-- scoring (project convention): the map A goes through the shared post-processing (Gaussian
-  smoothing, ``smoothing_sigma``) and the image score is its maximum. FCDD itself scores images
-  by the mean of A_low; the maximum keeps ``score >= threshold`` equivalent to "some pixel of
-  the map reaches the threshold", as for every flawmap model.
+- pre-processing (part of the module): local contrast normalisation per image (FCDD's L1
+  variant), then min-max normalisation with per-channel constants fitted on the training images
+  (buffers); the backbone applies its own ImageNet normalisation;
+- phi: a pretrained CNN cut at one stage, earlier stages frozen, the last ``finetune_stages``
+  fine-tuned; a 1x1 convolution gives one value per position; A_low = h(phi(X)) with the
+  pseudo-Huber function h (:func:`pseudo_huber`);
+- A = upsample(A_low): FCDD's receptive-field upsampling (:class:`ReceptiveUpsample`, the field
+  measured by :func:`receptive_field`), then the shared smoothing; the image score is the map's
+  maximum (project convention; FCDD scores by the mean of A_low);
+- losses: :func:`fcdd_loss` (eq. 4) and :func:`hsc_pixel_loss` (eq. 5, default);
+- training (§4): each image is replaced with probability 0.5 by confetti noise
+  (:class:`~flawmap.synth.ConfettiNoise`) or, semi-supervised, by a real defect
+  (:class:`~flawmap.synth.RealDefects`), then augmented (:func:`augment`); SGD with Nesterov
+  momentum, lr decayed per epoch; one epoch = ``passes_per_epoch`` passes; the last epoch is kept.
 
-Deviations from the paper / FCDD's code: CPU schedule by default (4 epochs, batch 16; the
-paper's is ``FCDD.PAPER_SCHEDULE``); any registered backbone (default EfficientNet-Lite0, not
-VGG-11), with "the last stage fine-tuned" read as the modules between the previous stage's output
-and the used one; images arrive already resized to ``image_size``, so "resize to 240, then
-resize to 224 or random-crop 224" becomes "unchanged, or enlarged by 240/224 and randomly
-cropped back"; the hue part of the colour jitter is a YIQ chroma rotation (not HSV: ~100x
-cheaper); confetti rectangles are alpha-blended, not added (:mod:`flawmap.synth.confetti`);
-the 2-D Gaussian of an even receptive field is sampled at half-integer offsets (FCDD duplicates
-the centre value and halves the kernel); the min-max constants are fitted per channel on the
-training images at fit time.
+Deviations: a CPU schedule by default (``FCDD.PAPER_SCHEDULE`` is the paper's); any registered
+backbone (default EfficientNet-Lite0 at stride 16, chosen on training data only, see
+``benchmarks/results/fcdd_layers_selection.md``; the paper's VGG-11 at stride 8 via ``layers``);
+images arrive resized, so "resize to 240, crop 224" is "enlarge by 240/224, crop back"; the hue
+jitter is a YIQ chroma rotation; confetti is alpha-blended, not added; an even receptive field's
+Gaussian is sampled at half-integer offsets.
 """
 
 from __future__ import annotations
@@ -55,7 +30,6 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -64,12 +38,15 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from flawmap.backbones import FeatureExtractor
-from flawmap.data import FolderDataset, ImageTransform
 from flawmap.errors import ConfigError, DataError
+from flawmap.kernels import gaussian_kernel1d
 from flawmap.models.base import AnomalyModule, TrainedDetector, register_model
+from flawmap.models.features import collect_features
+from flawmap.models.losses import push
 from flawmap.models.params import Bool, Constraint, Int, NoneOr, OneOf, Real, Text
-from flawmap.synth import ConfettiNoise
-from flawmap.training import TrainingHistory
+from flawmap.synth import ConfettiNoise, DefectGenerator, RealDefects
+from flawmap.synth.color import color_jitter
+from flawmap.training import Schedule, TrainingHistory
 
 __all__ = [
     "FCDD",
@@ -79,19 +56,12 @@ __all__ = [
     "ReceptiveUpsample",
     "fcdd_loss",
     "gaussian_kernel",
-    "gaussian_kernel1d",
     "hsc_pixel_loss",
-    "load_anomaly_folder",
     "local_contrast_normalization",
     "pseudo_huber",
     "push",
     "receptive_field",
 ]
-
-PUSH_EPS = 1e-6
-"""Arguments of :func:`push` are clamped to at least this (p(1e-6) = 13.8, finite)."""
-
-_LN2 = math.log(2.0)
 
 
 # --------------------------------------------------------------------------- losses
@@ -100,19 +70,6 @@ def pseudo_huber(x: torch.Tensor) -> torch.Tensor:
     evaluated as x^2 / (sqrt(x^2 + 1) + 1) (no cancellation near 0)."""
     square = x * x
     return square / (torch.sqrt(square + 1.0) + 1.0)
-
-
-def push(x: torch.Tensor) -> torch.Tensor:
-    """The push function p(x) = -log(1 - exp(-x)) of eq. 2, element-wise, for x >= 0.
-
-    Evaluated as -log(-expm1(-x)) for x <= log 2 and -log1p(-exp(-x)) above (accurate at both
-    ends), with x clamped to at least ``PUSH_EPS``: p is finite everywhere, p(x) ~ -log(x)
-    near 0 and p(x) ~ exp(-x) for large x; below the clamp the gradient is 0.
-    """
-    x = x.clamp_min(PUSH_EPS)
-    small = torch.log(-torch.expm1(-x.clamp_max(_LN2)))
-    large = torch.log1p(-torch.exp(-x.clamp_min(_LN2)))
-    return -torch.where(x <= _LN2, small, large)
 
 
 def _check_maps(scores: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,17 +221,10 @@ def kernel_size_to_std(size: int) -> float:
     return math.log10(0.45 * size + 1) + 0.25 if size < 32 else 10.0
 
 
-def gaussian_kernel1d(size: int, std: float) -> torch.Tensor:
-    """(size,) float32 Gaussian exp(-d^2 / (2 std^2)) of the offsets d from the kernel centre
-    (size - 1) / 2; peak 1 for odd sizes, unnormalised, as FCDD's ``gkern`` (whose 2-D kernel
-    is the outer product of this with itself)."""
-    d = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    return torch.exp(-0.5 * (d / std) ** 2).float()
-
-
 def gaussian_kernel(size: int, std: float) -> torch.Tensor:
-    """(size, size) float32: the 2-D kernel, outer product of :func:`gaussian_kernel1d`."""
-    g = gaussian_kernel1d(size, std)
+    """(size, size) float32: FCDD's ``gkern``, the outer product of the unnormalised 1-D
+    Gaussian (peak 1 for odd sizes) sampled in float64."""
+    g = gaussian_kernel1d(size, std, normalize=False, dtype=torch.float64).float()
     return torch.outer(g, g)
 
 
@@ -286,8 +236,8 @@ class ReceptiveUpsample(nn.Module):
     FCDD) over its receptive field, centred on the field's centre. This is FCDD's transposed
     convolution of stride j with K, shifted by ``start`` and cropped (or zero-padded) to
     (H, W); since K = g g^T is separable it is computed exactly as ``U_H A_low U_W^T`` with
-    U_H[y, p] = g(y - start - p j) (two small matrix products instead of a 67 x 67 transposed
-    convolution, ~100x cheaper on CPU). The kernel is not normalised (FCDD's choice): a constant
+    U_H[y, p] = g(y - start - p j) (two small matrix products instead of an r x r transposed
+    convolution). The kernel is not normalised (FCDD's choice): a constant
     map c comes out as ~c * sum(K) / j^2 inside the image (9.8 c for r = 67, std = 10, j = 8)
     and fades towards the borders, where fewer cells reach. ``kernel1d`` and ``start`` are
     buffers (saved, never trained).
@@ -299,7 +249,8 @@ class ReceptiveUpsample(nn.Module):
         if not (math.isfinite(std) and std > 0):
             raise ConfigError(f"gauss_std must be a positive number, got {std}")
         self.stride = int(field.stride)
-        self.register_buffer("kernel1d", gaussian_kernel1d(field.size, std))
+        kernel1d = gaussian_kernel1d(field.size, std, normalize=False, dtype=torch.float64)
+        self.register_buffer("kernel1d", kernel1d.float())
         self.register_buffer("start", torch.tensor(int(field.start), dtype=torch.int64))
 
     @property
@@ -327,49 +278,6 @@ def local_contrast_normalization(images: torch.Tensor, eps: float = 1e-8) -> tor
     divide by the mean absolute deviation (FCDD's ``local_contrast_normalization(x, 'l1')``)."""
     centred = images - images.mean(dim=(1, 2, 3), keepdim=True)
     return centred / centred.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(eps)
-
-
-_GREY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
-
-
-def _grey(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) -> (1, H, W) luma."""
-    r, g, b = image.unbind(0)
-    return (_GREY[0] * r + _GREY[1] * g + _GREY[2] * b)[None]
-
-
-def _rotate_hue(image: torch.Tensor, turn: float) -> torch.Tensor:
-    """Hue shift by ``turn`` of a full turn as a rotation of the chroma plane (YIQ)."""
-    angle = 2.0 * math.pi * turn
-    cos, sin = math.cos(angle), math.sin(angle)
-    to_yiq = torch.tensor(
-        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-        dtype=image.dtype,
-    )
-    rotate = torch.tensor([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]], dtype=image.dtype)
-    matrix = torch.linalg.inv(to_yiq) @ rotate @ to_yiq
-    return torch.einsum("ij,jhw->ihw", matrix, image)
-
-
-def color_jitter(image: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
-    """(3, H, W) in [0, 1] -> (3, H, W): torchvision's ``ColorJitter(s, s, s, s)`` (brightness,
-    contrast, saturation factors in [1 - s, 1 + s], hue shift in [-s, s] turns, in random
-    order, clamped to [0, 1]), with the hue shift done as a YIQ chroma rotation (cheap) rather
-    than through HSV."""
-    u = torch.rand(4, generator=generator).tolist()
-    order = torch.randperm(4, generator=generator).tolist()
-    factors = [1.0 + strength * (2.0 * v - 1.0) for v in u[:3]]
-    out = image
-    for op in order:
-        if op == 0:
-            out = (out * factors[0]).clamp(0.0, 1.0)
-        elif op == 1:
-            out = (factors[1] * out + (1.0 - factors[1]) * _grey(out).mean()).clamp(0.0, 1.0)
-        elif op == 2:
-            out = (factors[2] * out + (1.0 - factors[2]) * _grey(out)).clamp(0.0, 1.0)
-        else:
-            out = _rotate_hue(out, strength * (2.0 * u[3] - 1.0)).clamp(0.0, 1.0)
-    return out
 
 
 def augment(
@@ -407,51 +315,6 @@ def augment(
     gate = torch.rand(out.shape, generator=generator) < 0.5
     out = out + noise * std * torch.randn(out.shape, generator=generator) * gate
     return out, out_masks
-
-
-# --------------------------------------------------------------------------- real anomalies
-def load_anomaly_folder(
-    folder: str | Path, transform: ImageTransform
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real defective images with masks for the semi-supervised setting.
-
-    Layout (MVTec-like, the defect folders of a test split without ``good``)::
-
-        FOLDER/<defect>/<name>.png                      defective images (any image type)
-        FOLDER/ground_truth/<defect>/<name>_mask.png    their masks (or <name>.png)
-
-    Returns images (N, 3, H, W) in [0, 1] and masks (N, 1, H, W) in {0, 1} at ``transform``'s
-    size. The folder is read as given: building it (e.g. one image per defect type taken out of
-    a test split, and left out of evaluation) is the user's job; flawmap never takes images
-    from a test split itself.
-
-    Raises:
-        DataError: the folder or its ``ground_truth`` subfolder is missing, it has no defect
-            images, an image has no mask, or a mask is empty.
-    """
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        what = "is not a directory" if root.exists() else "does not exist"
-        raise DataError(f"anomaly folder {root} {what}")
-    gt = root / "ground_truth"
-    layout = "expected <dir>/<defect>/<name>.png and <dir>/ground_truth/<defect>/<name>_mask.png"
-    if not gt.is_dir():
-        raise DataError(f"anomaly folder {root} has no ground_truth/ folder with masks ({layout})")
-    defect_dirs = sorted(
-        d
-        for d in root.iterdir()
-        if d.is_dir() and d.name != "ground_truth" and not d.name.startswith(".")
-    )
-    if not defect_dirs:
-        raise DataError(f"anomaly folder {root} has no defect subfolders ({layout})")
-    dataset = FolderDataset(None, defect_dirs, mask_dir=gt, transform=transform)
-    items = [dataset[i] for i in range(len(dataset))]
-    for item in items:
-        if not bool(item["mask"].any()):
-            raise DataError(f"the mask of anomalous image {item['path']} is empty")
-    images = torch.stack([item["image"] for item in items])
-    masks = torch.stack([item["mask"] for item in items])
-    return images, masks
 
 
 # --------------------------------------------------------------------------- module
@@ -499,10 +362,6 @@ class FCDDModule(AnomalyModule):
         h, w = images.shape[-2:]
         return self.upsample(self.patch_scores(images), (int(h), int(w)))[:, 0]
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h, w = int(images.shape[-2]), int(images.shape[-1])
-        return self.postprocess(self.anomaly_maps(images)[:, None], (h, w))
-
 
 # --------------------------------------------------------------------------- detector
 @register_model
@@ -512,19 +371,17 @@ class FCDD(TrainedDetector):
 
     Args:
         loss: ``"hsc_pixel"`` (eq. 5, seed paper) or ``"fcdd"`` (eq. 4, FCDD).
-        epochs: training epochs of ``passes_per_epoch`` passes each. CPU default 4 (8 and 16
-            scored lower on training-only validation). Measured with the default stride-16
-            stage at 224 px, batch 16, one torch thread beside another busy job: bottle (188
-            images after the holdout) ~5.5 min, magnetic tile (686) ~19.5 min
-            (``benchmarks/fcdd.py``). The paper trains 50 (``PAPER_SCHEDULE``).
+        epochs: training epochs of ``passes_per_epoch`` passes each (CPU default, chosen on
+            training-only validation; fit times in BENCHMARKS.md). The paper trains 50
+            (``PAPER_SCHEDULE``).
         passes_per_epoch: passes over the training set per epoch (paper: 10).
         train_batch_size: images per SGD step (paper: 128).
         lr, momentum, weight_decay: SGD with Nesterov momentum (paper: 1e-3, 0.9, 1e-4).
         lr_decay: the learning rate is multiplied by this after every epoch (paper: 0.985).
         anomaly_probability: chance that a training image is replaced by an anomalous one.
         anomaly_dir: semi-supervised setting: a folder of real defective images with masks
-            (layout: :func:`load_anomaly_folder`) used as the anomalous replacements instead of
-            confetti noise; ``None`` (default) = unsupervised, confetti noise.
+            (layout: :func:`flawmap.synth.load_anomaly_folder`) used as the anomalous
+            replacements instead of confetti noise; ``None`` (default) = unsupervised.
         finetune_stages: trailing backbone stages (up to the used one) that are fine-tuned;
             the earlier ones are frozen (paper: the VGG-11 block after the third max-pool = 1).
         gauss_std: std (pixels) of the upsampling Gaussian; ``None`` = FCDD's rule (10 for a
@@ -609,13 +466,16 @@ class FCDD(TrainedDetector):
             raise TypeError(f"{self.name} fits an FCDDModule")
         if len(data) < 1:
             raise DataError("no training images")
-        real = None
-        if self.anomaly_dir is not None:
-            real = load_anomaly_folder(self.anomaly_dir, self.transform)
+        anomalies: DefectGenerator = (
+            ConfettiNoise()
+            if self.anomaly_dir is None
+            else RealDefects.from_folder(self.anomaly_dir, self.transform)
+        )
         # Training images stay in memory (float16: 2 bytes per value, exact to ~2e-4).
-        cached = torch.cat([b["image"] for b in self.batches(data, progress, "fcdd: load")]).half()
+        cached = collect_features(
+            self, data, None, progress=progress, desc="fcdd: load", keep_images=True
+        ).images
         module.fit_input_range(cached)
-        confetti = ConfettiNoise()
         loss_fn = LOSSES[self.loss]
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(
@@ -629,16 +489,9 @@ class FCDD(TrainedDetector):
         n = len(cached)
 
         def step(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-            images = cached[indices % n].float()
-            masks = torch.zeros(len(images), 1, *images.shape[-2:])
-            replace = torch.rand(len(images), generator=generator) < self.anomaly_probability
-            for i in replace.nonzero().flatten().tolist():
-                if real is not None:
-                    k = int(torch.randint(len(real[0]), (1,), generator=generator))
-                    images[i], masks[i] = real[0][k], real[1][k]
-                else:
-                    defect = confetti(images[i], generator)
-                    images[i], masks[i] = defect.image, defect.mask
+            images, masks = anomalies.synthesize_batch(
+                cached[indices % n].float(), generator, self.anomaly_probability
+            )
             if self.augment:
                 images, masks = augment(images, masks, generator)
             return loss_fn(module.anomaly_maps(images), masks[:, 0])
@@ -649,5 +502,5 @@ class FCDD(TrainedDetector):
             [optimizer],
             self.passes_per_epoch * n,
             progress,
-            on_epoch_end=lambda _epoch, _loss: scheduler.step(),
+            schedules=[Schedule(scheduler, every="epoch")],
         )

@@ -24,7 +24,7 @@ from flawmap.backbones import FeatureExtractor
 from flawmap.errors import ConfigError, DataError
 from flawmap.interrupts import interrupt_safe
 from flawmap.models.base import AnomalyModule, Detector, register_model
-from flawmap.models.features import concat_on_finest_grid
+from flawmap.models.features import collect_features, concat_on_finest_grid
 from flawmap.models.params import Constraint, Int, Real
 
 
@@ -162,11 +162,14 @@ class Padim(Detector):
             raise TypeError("PaDiM fits a PadimModule")
         if len(data) < 2:
             raise DataError("PaDiM needs at least 2 training images to estimate covariances")
-        chunks = [
-            module.embed(batch["image"]).flatten(2).permute(0, 2, 1).contiguous()  # (B, P, d)
-            for batch in self.batches(data, progress, desc="padim: features")
-        ]
-        embeddings = torch.cat(chunks)  # (N, P, d) float32
+        cache = collect_features(
+            self,
+            data,
+            lambda x: module.embed(x).flatten(2).permute(0, 2, 1).contiguous(),  # (B, P, d)
+            progress=progress,
+            desc="padim: features",
+        )
+        embeddings = cache.features[0]  # (N, P, d) float32
         n, n_pos, dim = embeddings.shape
         mean = embeddings.double().mean(0)  # (P, d)
         covariance = torch.empty(n_pos, dim, dim, dtype=torch.float64)

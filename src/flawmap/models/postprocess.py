@@ -3,37 +3,59 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flawmap import kernels
 from flawmap.errors import ConfigError
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
     """Normalised 1-D Gaussian of length 2 * round(4 sigma) + 1 (the anomalib/PatchCore size)."""
     radius = int(4.0 * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return kernel / kernel.sum()
+    return kernels.gaussian_kernel1d(2 * radius + 1, sigma)
+
+
+#: A model's own image score: (raw patch scores (B, 1, h, w), final maps (B, H, W)) -> (B,).
+ImageScore = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+IMAGE_SCORES = ("max", "mean")
 
 
 class AnomalyMapPostprocessor(nn.Module):
     """Raw patch scores (B, 1, h, w) -> smoothed maps (B, H, W) and image scores (B,).
 
-    The map is upsampled bilinearly to the input size (H, W) and smoothed with a separable
-    Gaussian of standard deviation ``sigma`` pixels (reflect padding; ``sigma = 0`` disables
-    smoothing). The image score is the maximum of the smoothed map, so an image is flagged
-    exactly when some pixel of its map reaches the threshold.
+    The map is upsampled to the input size (H, W), bilinearly or by the model's ``upsample``
+    module given to :meth:`forward`, and smoothed with a separable Gaussian of standard
+    deviation ``sigma`` pixels (reflect padding; ``sigma = 0`` disables smoothing).
+
+    ``image_score``:
+
+    - ``"max"`` (default): the maximum of the smoothed map, so an image is flagged exactly when
+      some pixel of its map reaches the threshold and ``Prediction.masks()`` (map >= threshold)
+      marks a region in every flagged image and in no other;
+    - ``"mean"``: the mean of the raw patch scores (B, 1, h, w) over positions (e.g. CSE's paper
+      score). The threshold is then learned on mean scores, which lie below a good image's
+      largest map values, so ``Prediction.masks()`` marks every pixel above a good image's
+      typical *mean* score: it over-segments and may mark pixels of unflagged images;
+    - a callable ``(raw (B, 1, h, w), maps (B, H, W)) -> (B,)``: the model's own score (same
+      caveat for ``masks()``).
     """
 
-    def __init__(self, sigma: float = 4.0) -> None:
+    def __init__(self, sigma: float = 4.0, image_score: str | ImageScore = "max") -> None:
         super().__init__()
         if sigma < 0 or not math.isfinite(sigma):
             raise ConfigError(f"smoothing sigma must be a finite number >= 0, got {sigma}")
+        if not callable(image_score) and image_score not in IMAGE_SCORES:
+            raise ConfigError(
+                f"image_score must be one of {', '.join(IMAGE_SCORES)} or a callable, "
+                f"got {image_score!r}"
+            )
         self.sigma = float(sigma)
+        self.image_score = image_score
         kernel = gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1)
         self.register_buffer("kernel", kernel, persistent=False)
 
@@ -49,12 +71,26 @@ class AnomalyMapPostprocessor(nn.Module):
         return F.conv2d(out, k.view(1, 1, -1, 1))
 
     def forward(
-        self, patch_scores: torch.Tensor, output_size: tuple[int, int]
+        self,
+        patch_scores: torch.Tensor,
+        output_size: tuple[int, int],
+        upsample: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """patch_scores (B, 1, h, w) -> (image scores (B,), maps (B, H, W))."""
-        maps = F.interpolate(patch_scores, size=output_size, mode="bilinear", align_corners=False)
+        """patch_scores (B, 1, h, w) -> (image scores (B,), maps (B, H, W)).
+
+        ``upsample(patch_scores, output_size) -> (B, 1, H, W)`` replaces the bilinear
+        upsampling; a bilinear resize to the same size follows it and leaves it unchanged.
+        """
+        maps = patch_scores if upsample is None else upsample(patch_scores, output_size)
+        maps = F.interpolate(maps, size=output_size, mode="bilinear", align_corners=False)
         maps = self.smooth(maps)[:, 0]
-        return maps.amax(dim=(1, 2)), maps
+        if self.image_score == "max":
+            scores = maps.amax(dim=(1, 2))
+        elif self.image_score == "mean":
+            scores = patch_scores.mean(dim=(1, 2, 3))
+        else:
+            scores = self.image_score(patch_scores, maps)
+        return scores, maps
 
 
 def learn_threshold(holdout_scores: np.ndarray, quantile: float) -> float:

@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 from flawmap.backbones import FeatureExtractor
 from flawmap.errors import DataError
 from flawmap.models.base import AnomalyModule, TrainedDetector, register_model
-from flawmap.models.features import check_patch_size, local_patch_features
+from flawmap.models.features import check_patch_size, collect_features, local_patch_features
 from flawmap.models.params import Bool, Constraint, Int, NoneOr, Real
 from flawmap.training import TrainingHistory
 
@@ -247,9 +247,9 @@ class SimpleNet(TrainedDetector):
         if len(data) < 1:
             raise DataError("no training images")
         with torch.inference_mode():
-            cached = torch.cat(
-                [module.features(b["image"]) for b in self.batches(data, progress, "features")]
-            )
+            cached = collect_features(
+                self, data, module.features, progress=progress, desc="features"
+            ).features[0]
         # (N, h*w, C): the frozen backbone runs once per image; epochs cost only G and D.
         cached = cached.flatten(2).transpose(1, 2).contiguous().clone()
         if self.feature_scaling:

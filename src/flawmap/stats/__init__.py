@@ -26,7 +26,7 @@ from flawmap.stats.significance import (
     min_attainable_p,
     pairwise_wilcoxon,
 )
-from flawmap.stats.summary import Comparison, compare, comparison_markdown
+from flawmap.stats.summary import Comparison, compare, comparison_markdown, write_comparison
 
 __all__ = [
     "Comparison",
@@ -46,4 +46,5 @@ __all__ = [
     "pairwise_wilcoxon",
     "parse_method_key",
     "score_table",
+    "write_comparison",
 ]

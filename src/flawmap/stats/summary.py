@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from flawmap.stats.diagram import critical_difference_diagram
 from flawmap.stats.results import ScoreTable
 from flawmap.stats.results import higher_is_better as default_direction
 from flawmap.stats.significance import (
@@ -18,7 +23,7 @@ from flawmap.stats.significance import (
     pairwise_wilcoxon,
 )
 
-__all__ = ["Comparison", "compare", "comparison_markdown"]
+__all__ = ["Comparison", "compare", "comparison_markdown", "write_comparison"]
 
 
 @dataclass(frozen=True)
@@ -160,3 +165,31 @@ def comparison_markdown(cmp: Comparison, *, per_block: bool = True) -> str:
                 cells.append(value)
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write_comparison(cmp: Comparison, out: str | os.PathLike[str]) -> list[Path]:
+    """Write ``compare_<metric>.md`` and ``.json`` (:func:`comparison_markdown`,
+    :meth:`Comparison.to_dict`) and the diagrams ``cd_<metric>.png`` and ``.svg`` into ``out``
+    (created); ``<metric>`` keeps only word characters, dots and dashes. Returns the paths."""
+    from flawmap.report.markdown import metric_label  # imports the report package
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = cmp.table
+    stem = re.sub(r"[^\w.-]", "_", table.metric)
+    written = [folder / f"compare_{stem}.md", folder / f"compare_{stem}.json"]
+    written[0].write_text(comparison_markdown(cmp))
+    written[1].write_text(json.dumps(cmp.to_dict(), indent=2) + "\n")
+    unit = "categories" if table.seeds_averaged else "blocks"
+    title = f"{metric_label(table.metric)}: average rank over {len(table.blocks)} {unit}"
+    for ext in ("png", "svg"):
+        written.append(
+            critical_difference_diagram(
+                cmp.average_ranks,
+                cmp.pairs,
+                folder / f"cd_{stem}.{ext}",
+                alpha=cmp.alpha,
+                title=title,
+            )
+        )
+    return written

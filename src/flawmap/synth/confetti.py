@@ -18,21 +18,12 @@ import math
 import torch
 
 from flawmap.errors import ConfigError
-from flawmap.synth.defects import (
-    DefectGenerator,
-    SyntheticDefect,
-    _check_image,
-    _check_range,
-)
-from flawmap.synth.perlin import _check_generator
+from flawmap.synth.defects import PaintedDefect, _check_min_change, _check_range
 
 __all__ = ["ConfettiNoise"]
 
-_MAX_ATTEMPTS = 5
-"""Draws per call before giving up on a non-empty mask (only near-impossible colour matches)."""
 
-
-class ConfettiNoise(DefectGenerator):
+class ConfettiNoise(PaintedDefect):
     """Paints FCDD-style confetti (random coloured rectangles) into good images.
 
     Each call draws ``n`` rectangles, ``n`` uniform in ``count_range`` (inclusive). Rectangle
@@ -88,9 +79,7 @@ class ConfettiNoise(DefectGenerator):
             raise ConfigError(f"max_rotation must be a number in [0, 180], got {max_rotation!r}")
         self.max_rotation = float(max_rotation)
         self.squares = bool(squares)
-        if not (isinstance(min_change, int | float) and 0.0 <= min_change < 1.0):
-            raise ConfigError(f"min_change must be a number in [0, 1), got {min_change!r}")
-        self.min_change = float(min_change)
+        self.min_change = _check_min_change(min_change)
 
     def __repr__(self) -> str:
         return (
@@ -135,25 +124,3 @@ class ConfettiNoise(DefectGenerator):
             out = torch.where(inside, painted, out)
             covered |= inside
         return out, covered
-
-    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> SyntheticDefect:
-        """Confetti in ``image`` (3, H, W) float in [0, 1] -> ``SyntheticDefect`` with ``mask``
-        (1, H, W) float32 in {0, 1} (the modified pixels) and ``kind="confetti"``.
-
-        The rectangles are redrawn (a few times at most) while no pixel changes by
-        ``min_change``; the mask is non-empty unless every draw failed.
-
-        Raises:
-            DataError: ``image`` is not a (3, H, W) float tensor with finite values in [0, 1].
-            ConfigError: ``generator`` is not a ``torch.Generator``.
-        """
-        _check_image(image)
-        _check_generator(generator)
-        for _ in range(_MAX_ATTEMPTS):
-            painted, covered = self._draw(image, generator)
-            change = (painted - image).abs().amax(dim=0)
-            mask = covered & (change >= self.min_change) & (change > 0)
-            if bool(mask.any()):
-                break
-        out = torch.where(mask, painted, image)  # outside the mask: exactly the input
-        return SyntheticDefect(image=out, mask=mask[None].float(), kind=self.kind)

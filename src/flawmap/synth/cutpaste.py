@@ -17,29 +17,13 @@ import math
 import torch
 
 from flawmap.errors import ConfigError
-from flawmap.synth.defects import (
-    DefectGenerator,
-    SyntheticDefect,
-    _check_image,
-    _check_range,
-)
-from flawmap.synth.perlin import _check_generator
+from flawmap.synth.color import adjust_brightness, adjust_contrast, adjust_saturation
+from flawmap.synth.defects import PaintedDefect, _check_min_change, _check_range
 
 __all__ = ["CutPaste"]
 
-_MAX_ATTEMPTS = 5
-"""Draws per call before giving up on a non-empty mask (only flat images get there)."""
 
-_GREY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
-
-
-def _luma(image: torch.Tensor) -> torch.Tensor:
-    """(3, h, w) -> (1, h, w) grey level."""
-    r, g, b = image.unbind(0)
-    return (_GREY[0] * r + _GREY[1] * g + _GREY[2] * b)[None]
-
-
-class CutPaste(DefectGenerator):
+class CutPaste(PaintedDefect):
     """Cuts a random rectangle out of a good image and pastes it elsewhere in the same image.
 
     Each call draws the patch area ``u * H * W`` with ``u`` uniform in ``area_range``, an aspect
@@ -85,9 +69,7 @@ class CutPaste(DefectGenerator):
         if not (isinstance(jitter, int | float) and 0.0 <= jitter < 1.0):
             raise ConfigError(f"jitter must be a number in [0, 1), got {jitter!r}")
         self.jitter = float(jitter)
-        if not (isinstance(min_change, int | float) and 0.0 <= min_change < 1.0):
-            raise ConfigError(f"min_change must be a number in [0, 1), got {min_change!r}")
-        self.min_change = float(min_change)
+        self.min_change = _check_min_change(min_change)
 
     def __repr__(self) -> str:
         return (
@@ -97,9 +79,8 @@ class CutPaste(DefectGenerator):
 
     def _jitter(self, patch: torch.Tensor, factors: list[float]) -> torch.Tensor:
         """Brightness, contrast, saturation of ``patch`` (3, h, w) by ``factors``, clamped."""
-        out = (patch * factors[0]).clamp(0.0, 1.0)
-        out = (factors[1] * out + (1.0 - factors[1]) * _luma(out).mean()).clamp(0.0, 1.0)
-        return (factors[2] * out + (1.0 - factors[2]) * _luma(out)).clamp(0.0, 1.0)
+        out = adjust_brightness(patch, factors[0])
+        return adjust_saturation(adjust_contrast(out, factors[1]), factors[2])
 
     def _draw(
         self, image: torch.Tensor, generator: torch.Generator
@@ -130,25 +111,3 @@ class CutPaste(DefectGenerator):
         covered = torch.zeros(h, w, dtype=torch.bool, device=image.device)
         covered[ty : ty + ph, tx : tx + pw] = True
         return out, covered
-
-    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> SyntheticDefect:
-        """CutPaste in ``image`` (3, H, W) float in [0, 1] -> ``SyntheticDefect`` with ``mask``
-        (1, H, W) float32 in {0, 1} (the changed pasted pixels) and ``kind="cutpaste"``.
-
-        The patch is redrawn (a few times at most) while no pasted pixel changes by
-        ``min_change``; the mask is non-empty unless every draw failed (flat images).
-
-        Raises:
-            DataError: ``image`` is not a (3, H, W) float tensor with finite values in [0, 1].
-            ConfigError: ``generator`` is not a ``torch.Generator``.
-        """
-        _check_image(image)
-        _check_generator(generator)
-        for _ in range(_MAX_ATTEMPTS):
-            pasted, covered = self._draw(image, generator)
-            change = (pasted - image).abs().amax(dim=0)
-            mask = covered & (change >= self.min_change) & (change > 0)
-            if bool(mask.any()):
-                break
-        out = torch.where(mask, pasted, image)  # outside the mask: exactly the input
-        return SyntheticDefect(image=out, mask=mask[None].float(), kind=self.kind)

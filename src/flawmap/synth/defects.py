@@ -28,9 +28,17 @@ import torch.nn.functional as F
 
 from flawmap.data.io import is_image_file, load_image
 from flawmap.errors import ConfigError, DataError
+from flawmap.kernels import gaussian_kernel1d
 from flawmap.synth.perlin import _check_generator, perlin_mask
 
-__all__ = ["DEFECT_KINDS", "DefectGenerator", "DefectSynthesizer", "SyntheticDefect"]
+__all__ = [
+    "DEFECT_KINDS",
+    "DefectGenerator",
+    "DefectSynthesizer",
+    "PaintedDefect",
+    "RandomChoice",
+    "SyntheticDefect",
+]
 
 DEFECT_KINDS: tuple[str, ...] = ("texture", "structural", "blur")
 """Every defect kind :class:`DefectSynthesizer` knows."""
@@ -90,9 +98,7 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
         radius = min(math.ceil(3 * sigma), size - 1)
         if radius < 1:
             continue
-        offsets = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
-        kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-        kernel = kernel / kernel.sum()
+        kernel = gaussian_kernel1d(2 * radius + 1, sigma, dtype=image.dtype, device=image.device)
         if axis == 2:
             x = F.pad(x, (0, 0, radius, radius), mode="reflect")
             weight = kernel.view(1, 1, -1, 1)
@@ -155,6 +161,13 @@ def _check_image(image: torch.Tensor) -> None:
         )
 
 
+def _check_batch(images: torch.Tensor) -> None:
+    """A (B, 3, H, W) tensor; DataError otherwise."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
+        raise DataError(f"images must be a tensor of shape (B, 3, H, W), got {shape}")
+
+
 class DefectGenerator(abc.ABC):
     """A synthetic-defect generator: ``gen(image (3, H, W), generator) -> SyntheticDefect``."""
 
@@ -162,28 +175,135 @@ class DefectGenerator(abc.ABC):
     def __call__(self, image: torch.Tensor, generator: torch.Generator) -> SyntheticDefect:
         """One defective copy of ``image`` (3, H, W) in [0, 1]; random draws from ``generator``."""
 
+    def apply(
+        self, images: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, 3, H, W) -> (images (K, 3, H, W), masks (K, 1, H, W) float32): a defect in
+        every image, ``self(images[k], generator)`` for k = 0, 1, ... in order."""
+        _check_batch(images)
+        _check_generator(generator)
+        return self._apply(images, generator, [self] * len(images))
+
+    @staticmethod
+    def _apply(
+        images: torch.Tensor, generator: torch.Generator, generators: Sequence[DefectGenerator]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``generators[k]`` applied to ``images[k]`` in order; unchecked."""
+        k, _, h, w = images.shape
+        out = images.clone()
+        masks = torch.zeros(k, 1, h, w, dtype=torch.float32, device=images.device)
+        for i, gen in enumerate(generators):
+            result = gen(images[i], generator)
+            out[i], masks[i] = result.image, result.mask
+        return out, masks
+
     def synthesize_batch(
         self, images: torch.Tensor, generator: torch.Generator, probability: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> (images (B, 3, H, W), masks (B, 1, H, W) float32).
 
-        Each image gets a defect (``self(image, generator)``) with ``probability``; the others
-        are returned unchanged with an all-zero mask.
+        Draws ``torch.rand(B) < probability`` first, then gives each chosen image a defect
+        (:meth:`apply`, in index order); the others are returned unchanged with an all-zero mask.
         """
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
-            raise DataError(f"images must be a tensor of shape (B, 3, H, W), got {shape}")
+        _check_batch(images)
         if not (isinstance(probability, int | float) and 0.0 <= probability <= 1.0):
             raise ConfigError(f"probability must be a number in [0, 1], got {probability!r}")
         _check_generator(generator)
-        b, _, h, w = images.shape
         out = images.clone()
-        masks = torch.zeros(b, 1, h, w, dtype=torch.float32, device=images.device)
-        chosen = torch.rand(b, generator=generator, device=generator.device) < probability
-        for i in chosen.nonzero().flatten().tolist():
-            result = self(images[i], generator)
-            out[i], masks[i] = result.image, result.mask
+        masks = torch.zeros(len(images), 1, *images.shape[-2:], device=images.device)
+        chosen = torch.rand(len(images), generator=generator, device=generator.device) < probability
+        picked = chosen.nonzero().flatten().to(images.device)
+        if len(picked):
+            out[picked], masks[picked] = self.apply(images[picked], generator)
         return out, masks
+
+
+def _check_min_change(min_change: float) -> float:
+    """A change threshold in [0, 1) as a float; ConfigError otherwise."""
+    if not (isinstance(min_change, int | float) and 0.0 <= min_change < 1.0):
+        raise ConfigError(f"min_change must be a number in [0, 1), got {min_change!r}")
+    return float(min_change)
+
+
+class PaintedDefect(DefectGenerator):
+    """A generator that paints a region of the image (:meth:`_draw`) and keeps what changed.
+
+    The mask is the set of painted pixels whose largest channel change ``|out - image|`` is at
+    least ``min_change``; every other pixel of the result is exactly the input. The region is
+    redrawn (a few times at most) while no painted pixel changes by ``min_change``, so the mask
+    is non-empty unless every draw failed (flat images).
+    """
+
+    kind = "painted"
+    min_change: float
+
+    @abc.abstractmethod
+    def _draw(
+        self, image: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One draw: (painted image (3, H, W), painted pixels (H, W) bool)."""
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> SyntheticDefect:
+        """A defect in ``image`` (3, H, W) float in [0, 1] -> ``SyntheticDefect`` with ``mask``
+        (1, H, W) float32 in {0, 1} (the changed painted pixels) and ``kind=self.kind``.
+
+        Raises:
+            DataError: ``image`` is not a (3, H, W) float tensor with finite values in [0, 1].
+            ConfigError: ``generator`` is not a ``torch.Generator``.
+        """
+        _check_image(image)
+        _check_generator(generator)
+        for _ in range(_MAX_ATTEMPTS):
+            painted, covered = self._draw(image, generator)
+            change = (painted - image).abs().amax(dim=0)
+            mask = covered & (change >= self.min_change) & (change > 0)
+            if bool(mask.any()):
+                break
+        out = torch.where(mask, painted, image)  # outside the mask: exactly the input
+        return SyntheticDefect(image=out, mask=mask[None].float(), kind=self.kind)
+
+
+class RandomChoice(DefectGenerator):
+    """One of ``generators`` per image, chosen uniformly.
+
+    With u uniform in [0, 1) the image gets ``generators[floor(n u)]`` (n generators; for two,
+    ``u < 0.5`` picks the first). :meth:`apply` draws the K choices first (``torch.rand(K)``),
+    then applies them in order; a single call draws one u, then the chosen generator's defect.
+
+    Raises:
+        ConfigError: ``generators`` is empty or holds something other than DefectGenerators.
+    """
+
+    def __init__(self, generators: Sequence[DefectGenerator]) -> None:
+        gens = tuple(generators)
+        if not gens or not all(isinstance(g, DefectGenerator) for g in gens):
+            raise ConfigError(
+                f"generators must be a non-empty sequence of DefectGenerators, got {generators!r}"
+            )
+        self.generators = gens
+
+    def __repr__(self) -> str:
+        return f"RandomChoice({list(self.generators)!r})"
+
+    def _choose(self, count: int, generator: torch.Generator) -> list[DefectGenerator]:
+        u = torch.rand(count, generator=generator, device=generator.device)
+        n = len(self.generators)
+        picks = (u * n).long().clamp_max(n - 1).tolist()
+        return [self.generators[i] for i in picks]
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> SyntheticDefect:
+        """A defect from one randomly chosen generator in ``image`` (3, H, W)."""
+        _check_generator(generator)
+        return self._choose(1, generator)[0](image, generator)
+
+    def apply(
+        self, images: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, 3, H, W) -> (images (K, 3, H, W), masks (K, 1, H, W) float32): K choices drawn
+        first, then each image's defect in order."""
+        _check_batch(images)
+        _check_generator(generator)
+        return self._apply(images, generator, self._choose(len(images), generator))
 
 
 class DefectSynthesizer(DefectGenerator):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from flawmap.errors import ConfigError, DataError
-from flawmap.models.fcdd import push
+from flawmap.models.losses import push
 
 __all__ = [
     "ANOMALOUS",
@@ -75,7 +75,7 @@ def feature_constraint_loss(psi: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
     with A = :func:`hypersphere_distance` (eq. 3) and N1, N2 the numbers of normal and
     anomalous pixels of the whole batch (ignored pixels count in neither). -log(1 - exp(-A))
-    is FCDD's push function, evaluated stably (:func:`flawmap.models.fcdd.push`, clamped at
+    is FCDD's push function, evaluated stably (:func:`flawmap.models.losses.push`, clamped at
     A >= 1e-6). A term without pixels is 0.
     """
     a = hypersphere_distance(psi)

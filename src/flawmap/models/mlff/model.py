@@ -49,8 +49,8 @@ CPU choices (deviations from §3.1, which trains everything, 200 epochs, batch 3
 - frozen backbone: the backbone features of the good training images are computed once and
   cached (float16); during training only the pseudo-anomalous images (half of them) go
   through the backbone, without gradients, and every step trains the fusion network alone.
-  Fine-tuning the last stage (``finetune_stages=1``) is supported and costs about 2x more
-  per epoch (measured);
+  Fine-tuning the last stage (``finetune_stages=1``) is supported and costs more per epoch
+  (every item then goes through the backbone with gradients);
 - psi at stride 8, not 4: STLNet, the losses and the consistency patches run on 32 x 32
   positions at 256 px instead of 64 x 64 (about 4x cheaper); the stride-4 details are kept by
   space-to-depth rather than pooled away;
@@ -62,9 +62,8 @@ CPU choices (deviations from §3.1, which trains everything, 200 epochs, batch 3
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +73,7 @@ from torch.utils.data import Dataset
 from flawmap.backbones import FeatureExtractor
 from flawmap.errors import ConfigError, DataError
 from flawmap.models.base import AnomalyModule, TrainedDetector, register_model
+from flawmap.models.features import collect_features
 from flawmap.models.mlff.losses import (
     NORMAL,
     consistency_loss,
@@ -84,10 +84,10 @@ from flawmap.models.mlff.losses import (
 )
 from flawmap.models.mlff.modules import SelfCalibratedConv, STLNet, conv_bn
 from flawmap.models.params import Constraint, Int, OneOf, Real, Seq
-from flawmap.synth import ConfettiNoise, CutPaste
+from flawmap.synth import ConfettiNoise, CutPaste, RandomChoice
 from flawmap.training import TrainingHistory
 
-__all__ = ["MLFF", "VARIANTS", "MLFFModule", "MLFFNet", "Variant"]
+__all__ = ["MLFF", "VARIANTS", "FusionWidths", "MLFFModule", "MLFFNet", "Variant"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,25 @@ VARIANTS: dict[str, Variant] = {
 """``variant`` name -> parts used; cumulative, as the columns of the paper's Table 4."""
 
 
+@dataclass(frozen=True)
+class FusionWidths:
+    """Widths of :class:`MLFFNet`; the :class:`MLFF` parameters of the same names."""
+
+    texture_channels: int = 64
+    semantic_channels: int = 128
+    feature_dim: int = 64
+    tem_levels: int = 128
+    ptfem_levels: int = 8
+    ptfem_scales: tuple[int, ...] = (1, 2, 4, 8)
+    sc_pool: int = 4
+
+    @classmethod
+    def of(cls, params: Any) -> FusionWidths:
+        """The widths read from the attributes of ``params`` (e.g. an :class:`MLFF`)."""
+        values = {f.name: getattr(params, f.name) for f in fields(cls)}
+        return cls(**{**values, "ptfem_scales": tuple(values["ptfem_scales"])})
+
+
 class MLFFNet(nn.Module):
     """The fusion network: backbone stage features -> (psi (B, D, h, w), S (B, h, w) or None).
 
@@ -122,33 +141,28 @@ class MLFFNet(nn.Module):
         channels: tuple[int, int, int],
         strides: tuple[int, int, int],
         variant: Variant,
-        texture_channels: int = 64,
-        semantic_channels: int = 128,
-        feature_dim: int = 64,
-        tem_levels: int = 128,
-        ptfem_levels: int = 8,
-        ptfem_scales: tuple[int, ...] = (1, 2, 4, 8),
-        sc_pool: int = 4,
+        widths: FusionWidths = FusionWidths(),
     ) -> None:
         super().__init__()
         c1, c2, c3 = channels
+        w = widths
         self.fold = strides[1] // strides[0]
         self.variant = variant
-        self.low = conv_bn(c1 * self.fold**2 + c2, texture_channels)
+        self.low = conv_bn(c1 * self.fold**2 + c2, w.texture_channels)
         self.stl: STLNet | None = None
         if variant.stl:
-            self.stl = STLNet(texture_channels, tem_levels, ptfem_levels, ptfem_scales)
-        self.high = conv_bn(c3, semantic_channels)
+            self.stl = STLNet(w.texture_channels, w.tem_levels, w.ptfem_levels, w.ptfem_scales)
+        self.high = conv_bn(c3, w.semantic_channels)
         self.sc = (
-            nn.Sequential(SelfCalibratedConv(semantic_channels, sc_pool), nn.ReLU(inplace=True))
+            nn.Sequential(SelfCalibratedConv(w.semantic_channels, w.sc_pool), nn.ReLU(inplace=True))
             if variant.self_calibration
             else None
         )
         self.fuse = nn.Sequential(
-            conv_bn(texture_channels + semantic_channels, semantic_channels),
-            nn.Conv2d(semantic_channels, feature_dim, 1),
+            conv_bn(w.texture_channels + w.semantic_channels, w.semantic_channels),
+            nn.Conv2d(w.semantic_channels, w.feature_dim, 1),
         )
-        self.score = nn.Conv2d(feature_dim, 1, 1) if variant.score else None
+        self.score = nn.Conv2d(w.feature_dim, 1, 1) if variant.score else None
 
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         f1, f2, f3 = features
@@ -198,18 +212,10 @@ class MLFF(TrainedDetector):
         variant: ablation of Table 4, one of ``"baseline"``, ``"+sc"``, ``"+stl"``,
             ``"+score"``, ``"full"`` (default; see the module docstring).
         epochs: training epochs of ``repeats`` passes each (CPU default 4; paper 200,
-            ``PAPER_SCHEDULE``). Measured with ``tf_efficientnet_lite0``, 256 px, batch 32,
-            ``"full"``, on 1 thread of the shared project machine: 121 s per epoch on bottle
-            (188 images after the threshold holdout, 1880 items, 59 steps of about 2 s: the
-            fusion network's forward and backward, then the backbone on the step's 16
-            pseudo-anomalies), one epoch already giving image / pixel AUROC 1.00 / 0.95 and
-            AUPRO 0.86. So 4 epochs take about 8 min on bottle and, with 3.6x
-            the images, about 30 min on magnetic tile at that speed; measured there on 2 idle
-            threads: 19.2 min.
-            ``epoch_seconds_`` holds the measured times after ``fit``. On bottle's training data
-            (held-out good images + synthetic defects) 8 epochs validated better than 4, and
-            raised test pixel AUROC from 0.951 to 0.957 over 3 seeds (BENCHMARKS.md): worth it
-            where training time allows.
+            ``PAPER_SCHEDULE``). An epoch costs one forward and backward pass of the fusion
+            network per item plus one backbone pass per pseudo-anomaly; ``history_`` holds the
+            loss and wall-clock seconds of every epoch after ``fit`` (times and the effect of
+            more epochs: BENCHMARKS.md).
         repeats: passes over the training set per epoch (paper: 10).
         anomaly_fraction: fraction of each epoch's items that are pseudo-anomalies (paper's best,
             Table 3: 0.5).
@@ -321,7 +327,6 @@ class MLFF(TrainedDetector):
         self.consistency_patch = consistency_patch
         self.consistency_positions = consistency_positions
         self.history_: TrainingHistory | None = None
-        self.epoch_seconds_: list[float] = []
 
     # ----------------------------------------------------------------- building
     def _build_module(self, weights: str) -> MLFFModule:
@@ -331,9 +336,8 @@ class MLFF(TrainedDetector):
                 f"mlff uses three backbone stages (strides 4, 8, 16 by default), got layers "
                 f"{layers}"
             )
-        trainable = self.finetune_stages if self.finetune_stages > 0 else None
-        extractor = FeatureExtractor(
-            self.backbone, layers, weights, trainable_stages=trainable, truncate=True
+        extractor = self.make_extractor(
+            weights, trainable_stages=self.finetune_stages, truncate=True
         )
         s1, s2, s3 = extractor.strides
         if not (s1 <= s2 < s3 and s2 % s1 == 0):
@@ -342,18 +346,7 @@ class MLFF(TrainedDetector):
                 f"first (e.g. 4, 8, 16); got strides {extractor.strides} for layers {layers}"
             )
         c1, c2, c3 = extractor.channels
-        net = MLFFNet(
-            (c1, c2, c3),
-            (s1, s2, s3),
-            VARIANTS[self.variant],
-            texture_channels=self.texture_channels,
-            semantic_channels=self.semantic_channels,
-            feature_dim=self.feature_dim,
-            tem_levels=self.tem_levels,
-            ptfem_levels=self.ptfem_levels,
-            ptfem_scales=tuple(self.ptfem_scales),
-            sc_pool=self.sc_pool,
-        )
+        net = MLFFNet((c1, c2, c3), (s1, s2, s3), VARIANTS[self.variant], FusionWidths.of(self))
         return MLFFModule(extractor, self.smoothing_sigma, net)
 
     # ----------------------------------------------------------------- training
@@ -386,21 +379,27 @@ class MLFF(TrainedDetector):
         if len(data) < 1:
             raise DataError("no training images")
         frozen = self.finetune_stages == 0
-        images, features = [], []
-        with torch.inference_mode():
-            for batch in self.batches(data, progress, "mlff: load"):
-                images.append(batch["image"].half())
-                if frozen:  # the backbone never changes: its features of good images once
-                    features.append([f.half() for f in module.extractor(batch["image"])])
-        cached = torch.cat(images)
-        cached_features = [torch.cat(parts) for parts in zip(*features, strict=True)]
+        with torch.inference_mode():  # frozen: the backbone's features of good images, once
+            cache = collect_features(
+                self,
+                data,
+                module.extractor if frozen else None,
+                progress=progress,
+                desc="mlff: load",
+                keep_images=True,
+                dtype=torch.float16,
+            )
+        cached = cache.images
+        if cached is None:
+            raise DataError("no training images")
         n = len(cached)
         n_items = self.repeats * n
         # Which items of an epoch are pseudo-anomalies: a fixed, seeded anomaly_fraction.
         assignment = torch.zeros(n_items, dtype=torch.bool)
         order = torch.randperm(n_items, generator=torch.Generator().manual_seed(self.seed))
         assignment[order[: round(self.anomaly_fraction * n_items)]] = True
-        generators = (ConfettiNoise(), CutPaste())
+        # u < 0.5: CutPaste, else confetti noise (the K choices drawn first, then the defects).
+        pseudo = RandomChoice((CutPaste(), ConfettiNoise()))
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(
             params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
@@ -409,17 +408,11 @@ class MLFF(TrainedDetector):
         def step(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
             which = indices % n
             anomalous = assignment[indices].nonzero().flatten()
-            batch_images = cached[which[anomalous]].float()
-            masks = torch.zeros(len(anomalous), 1, *cached.shape[-2:])
-            kinds = torch.rand(len(anomalous), generator=generator) < 0.5
-            for j in range(len(anomalous)):
-                defect = generators[int(kinds[j])](batch_images[j], generator)
-                batch_images[j], masks[j] = defect.image, defect.mask
+            batch_images, masks = pseudo.apply(cached[which[anomalous]].float(), generator)
             if frozen:
-                feats = [f[which].float() for f in cached_features]
+                feats = [f[which].float() for f in cache.features]
                 if len(anomalous):
-                    with torch.no_grad():
-                        fresh = module.extractor(batch_images)
+                    fresh = cache.extract(batch_images, chunk=len(batch_images))
                     for f, new in zip(feats, fresh, strict=True):
                         f[anomalous] = new
             else:
@@ -434,14 +427,4 @@ class MLFF(TrainedDetector):
                 labels[anomalous] = downsample_mask(masks, psi.shape[-2:], self.mask_fraction)
             return self.loss(psi, scores, labels, generator)
 
-        self.epoch_seconds_ = []
-        clock = [time.perf_counter()]
-
-        def on_epoch_end(_epoch: int, _loss: float) -> None:
-            now = time.perf_counter()
-            self.epoch_seconds_.append(now - clock[0])
-            clock[0] = now
-
-        self.history_ = self._train(
-            module, step, [optimizer], n_items, progress, on_epoch_end=on_epoch_end
-        )
+        self.history_ = self._train(module, step, [optimizer], n_items, progress)

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from flawmap.backbones import FeatureExtractor
 from flawmap.errors import DataError
 from flawmap.models.base import AnomalyModule, Detector, register_model
-from flawmap.models.features import check_patch_size, local_patch_features
+from flawmap.models.features import check_patch_size, collect_features, local_patch_features
 from flawmap.models.params import Constraint, Int, NoneOr, OneOf, Real
 from flawmap.models.patchcore.sampler import GreedyCoresetSampler, RandomSampler
 from flawmap.models.patchcore.search import BruteForceSearch, ClusterPrunedSearch
@@ -144,11 +144,13 @@ class PatchCore(Detector):
     def _fit_module(self, module: AnomalyModule, data: Dataset, progress: bool) -> None:
         if not isinstance(module, PatchCoreModule):
             raise TypeError("PatchCore fits a PatchCoreModule")
-        chunks = []
-        for batch in self.batches(data, progress, desc="patchcore: features"):
-            emb = module.embed(batch["image"])
-            chunks.append(emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1]).float().numpy())
-        features = np.ascontiguousarray(np.concatenate(chunks))
+
+        def patches(images: torch.Tensor) -> torch.Tensor:  # (B * h * w, C)
+            emb = module.embed(images)
+            return emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1]).float()
+
+        cache = collect_features(self, data, patches, progress=progress, desc="patchcore: features")
+        features = np.ascontiguousarray(cache.features[0].numpy())
         n_select = max(1, round(self.coreset_ratio * len(features)))
         sampler = (
             GreedyCoresetSampler(projection_dim=self.projection_dim)

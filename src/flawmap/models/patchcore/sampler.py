@@ -1,46 +1,31 @@
 """Coreset samplers for the PatchCore memory bank (Roth et al., CVPR 2022, §3.2, Algorithm 1).
 
-:class:`GreedyCoresetSampler` is the paper's k-center greedy selection: start from one point,
-then repeatedly add the point farthest from the current selection, every point keeping its
-minimum distance to the selection. The features are first mapped by a seeded Gaussian
-(Johnson-Lindenstrauss) projection, used for the selection only. The naive loop
-(:func:`naive_greedy_coreset`) costs ``k * N * d`` and streams all features from memory once per
-selection; this module computes the *same* sequence with two exact accelerations, in one compiled
-numba loop:
+Computes: :class:`GreedyCoresetSampler` is the paper's k-center greedy selection (start from one
+point, repeatedly add the point farthest from the selection); :class:`RandomSampler` is the
+paper's random-subsampling ablation; :func:`coverage_radius` is the k-center objective.
 
-1. **Lazy minimum distances.** Each point ``p`` keeps ``u[p]``, its exact minimum squared distance
-   over a *prefix* ``c_0 .. c_{l_p - 1}`` of the selected centres. Minimum distances only decrease,
-   so ``u[p]`` is an upper bound of the point's current value. A tournament tree yields the point
-   with the largest ``u`` (ties: lowest index). If that point is up to date (``l_p == t``) it *is*
-   the naive argmax: every other point's true value is ``<= u <= u[p]``. Otherwise the point is
-   refreshed against the centres it has not seen yet and goes back into the tree. A refresh stops
-   early, at a block boundary, as soon as the point has dropped below the best other ``u``. Points
-   whose bound is already below the coverage radius are never touched again.
-2. **Sketch lower bounds.** In a refresh, centre ``c`` is skipped when a lower bound of
-   ``|x_p - x_c|^2`` already reaches ``u[p]`` (then it cannot lower the minimum). The bound is
-   ``|V^T (x_p - x_c)|^2`` for an orthonormal ``V`` (the top 48 principal directions of the
-   projected features): an orthogonal projection never lengthens a vector. It is evaluated in
-   float32 on 16 dimensions first (structure of arrays, SIMD), then on the other 32 for survivors;
-   only the remaining pairs get the exact float64 distance.
+Data path: patch features (N, d) float32 -> seeded Gaussian (Johnson-Lindenstrauss) projection
+to d' = 128, used for the selection only -> (k,) int64 indices in selection order.
 
-Exactness. Every distance that decides anything (``u``, the argmax, the refresh minimum) is a
-float64 sum of squared float64 differences of the float32 inputs. A skip needs the float32 bound
-to exceed ``u[p] * (1 + 1e-4) + 1e-5 * max_p |x_p - mean|^2``; this margin dominates the bound's
-float32 rounding error (at most ``~7e-7 * sqrt(48)`` times that scale, plus ``50 * 2^-24``
-relative), so a skipped centre provably cannot lower ``u[p]``. Hence the selection equals the naive
-loop run on the same float64 distances: same indices, same order, ties to the lowest index.
-:func:`naive_greedy_coreset` sums its float64 squares with numpy in another order, so the two
-agree unless, at some step, two candidates' minimum distances differ by less than float64
-rounding (~1e-15 relative); exact ties (for example duplicate points) resolve identically.
+Deviation (speed only, the selection is the paper's): one compiled numba loop computes the same
+sequence as the naive ``O(k * N * d)`` loop with two exact accelerations:
 
-Cost: never more distance work than the naive loop, plus ``O(log N)`` tree work per refresh. On
-this project's 2-core machine (``benchmarks/micro_patchcore_strategies.py``), N = 214k, d = 152,
-k = 21.4k: ~5 s on real MVTec-bottle features (EfficientNet-Lite0 stages 2+3), ~20 s on i.i.d.
-Gaussian data (the worst case), against ~1000 s estimated for the naive numpy loop; N = 780k,
-k = 78k (magnetic tile): ~80 s on real features. Single-threaded numba. Memory besides the input:
-the projected copy (``N x d'`` float32), the sketches (``N x 48`` float32), the tree
-(``4 * 2^ceil(log2 N)`` 8-byte words) and the selected centres (``k x d'`` float32): about
-0.65 GB for ``N = 780k, d' = 128``.
+1. Lazy minimum distances: each point keeps ``u[p]``, its exact minimum squared distance over a
+   prefix of the selected centres (an upper bound of its current value). A tournament tree
+   yields the largest ``u`` (ties: lowest index); if that point is up to date it is the naive
+   argmax, otherwise it is refreshed against the centres it has not seen and goes back into the
+   tree, stopping early once it drops below the best other ``u``.
+2. Sketch lower bounds: in a refresh, centre ``c`` is skipped when ``|V^T (x_p - x_c)|^2``
+   (``V``: the top 48 principal directions, orthonormal; float32, 16 then 32 dimensions) already
+   reaches ``u[p]``.
+
+Exactness: every deciding distance is a float64 sum of squared float64 differences of the
+float32 inputs, and a skip needs the float32 bound to exceed ``u[p] * (1 + 1e-4) + 1e-5 *
+max_p |x_p - mean|^2``, a margin that dominates its rounding error. So the indices equal the
+naive loop's on the same float64 distances (a numpy loop that sums in another order agrees
+unless two candidates differ by less than float64 rounding; exact ties resolve identically).
+Memory besides the input: the projected copy (N x d'), the sketches (N x 48, float32), the tree
+and the selected centres. Timings: BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -61,7 +46,6 @@ __all__ = [
     "GreedyCoresetSampler",
     "RandomSampler",
     "coverage_radius",
-    "naive_greedy_coreset",
 ]
 
 # Reassociation lets LLVM vectorise the sums; no 'nnan'/'ninf'/'afn' (inputs are checked finite,
@@ -177,8 +161,8 @@ class GreedyCoresetSampler:
     def select(self, features: np.ndarray, n_select: int, seed: int) -> np.ndarray:
         """features (N, d) -> (n_select,) int64 indices in selection order.
 
-        Equal to ``naive_greedy_coreset(self.project(features, seed), n_select,
-        self.start_index(N, seed))`` (see the module docstring for the float64 caveat).
+        Equal to the plain greedy loop run on ``self.project(features, seed)`` from
+        ``self.start_index(N, seed)`` (see the module docstring for the float64 caveat).
         """
         x = self.project(features, seed)
         n = x.shape[0]
@@ -197,32 +181,7 @@ class GreedyCoresetSampler:
 
 
 # --------------------------------------------------------------------------------------------
-# reference implementation and quality measure
-
-
-def naive_greedy_coreset(features: np.ndarray, n_select: int, start_index: int) -> np.ndarray:
-    """The plain k-center greedy loop in numpy, float64: (N, d) -> (n_select,) int64 indices.
-
-    ``min_d = |x - x[start]|^2``; then ``n_select - 1`` times: pick ``argmax(min_d)`` over the
-    points not selected yet (lowest index on ties) and lower ``min_d`` by its distances.
-    ``O(n_select * N * d)``; reference for tests and benchmarks only.
-    """
-    x = _as_features(features).astype(np.float64)
-    n = x.shape[0]
-    k = _as_count(n_select, "n_select", 1, n)
-    start = _as_count(start_index, "start_index", 0, n - 1)
-    diff = x - x[start]
-    min_d = np.einsum("ij,ij->i", diff, diff)
-    min_d[start] = -1.0  # selected points never win again
-    selected = np.empty(k, dtype=np.int64)
-    selected[0] = start
-    for t in range(1, k):
-        c = int(np.argmax(min_d))
-        selected[t] = c
-        np.subtract(x, x[c], out=diff)
-        np.minimum(min_d, np.einsum("ij,ij->i", diff, diff), out=min_d)
-        min_d[c] = -1.0
-    return selected
+# quality measure
 
 
 def coverage_radius(features: np.ndarray, selected: np.ndarray) -> float:

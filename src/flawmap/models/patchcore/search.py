@@ -13,15 +13,13 @@ that index directly (float64 sum of squared differences), so a returned distance
 index to ~1e-7; two indexes can only disagree on near-ties within the float32 rounding of the
 formula (~1e-5 relative), and then their distances agree to that level.
 
-Fitted state: both are cheap to fit (``ClusterPrunedSearch`` on M = 78k x 152: ~1 s on 2 cores), so
-a model can simply re-fit from its bank after loading; ``state()`` / ``from_state()`` also give an
-arrays-only round trip (safetensors friendly) that skips the k-means.
+Fitted state: none is saved; both are cheap to fit, so a model re-fits its index from the
+memory bank after loading.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Protocol, Self
 
 import numba
@@ -52,15 +50,6 @@ class NearestNeighbourSearch(Protocol):
         """x (Q, d) -> (distances (Q,) float32, Euclidean; indices (Q,) int64 into the bank)."""
         ...
 
-    def state(self) -> dict[str, np.ndarray]:
-        """The fitted index as named arrays (no pickles)."""
-        ...
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, np.ndarray]) -> Self:
-        """Rebuild a fitted index from :meth:`state`."""
-        ...
-
 
 def _as_matrix(a: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
     """(n, d) float32 C-contiguous, n >= 1, finite, d == dim when given; else ConfigError."""
@@ -77,13 +66,6 @@ def _as_matrix(a: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ConfigError(f"{name} contain NaN or infinite values (or overflow float32)")
     return array
-
-
-def _state_array(state: Mapping[str, np.ndarray], name: str) -> np.ndarray:
-    if name not in state:
-        raise ConfigError(f"search state lacks {name!r} (has {sorted(state)})")
-    value = state[name]
-    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
 
 def _check_fitted(bank: np.ndarray | None, name: str) -> np.ndarray:
@@ -172,15 +154,6 @@ class BruteForceSearch:
             index[qs : qs + cs] = arg
         return index
 
-    def state(self) -> dict[str, np.ndarray]:
-        """``{"bank": (M, d) float32}``."""
-        return {"bank": _check_fitted(self._bank, "BruteForceSearch")}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, np.ndarray], chunk_size: int = 4096) -> Self:
-        """Rebuild from :meth:`state` (re-fits: ``O(M * d)``)."""
-        return cls(chunk_size).fit(_state_array(state, "bank"))
-
 
 # --------------------------------------------------------------------------------------------
 # cluster-pruned search
@@ -189,9 +162,9 @@ class BruteForceSearch:
 class ClusterPrunedSearch:
     """Exact 1-NN with k-means cluster pruning, falling back to the GEMM where pruning cannot pay.
 
-    Fit (``O(M * n_clusters * d)``, ~1 s for M = 78k x 152): centre the bank on its mean, run
-    seeded Lloyd k-means (``n_clusters``, default ``round(2 * sqrt(M))``; ``n_iter`` iterations on
-    at most ``32 * n_clusters`` seeded random rows, then one assignment of all rows), store each
+    Fit (``O(M * n_clusters * d)``): centre the bank on its mean, run seeded Lloyd k-means
+    (``n_clusters``, default ``round(2 * sqrt(M))``; ``n_iter`` iterations on at most
+    ``32 * n_clusters`` seeded random rows, then one assignment of all rows), store each
     cluster's centroid ``mu_g``, radius ``r_g = max_{b in g} |b - mu_g|`` and its members in
     centroid-local coordinates, contiguous (padded for the SIMD kernel).
 
@@ -270,7 +243,6 @@ class ClusterPrunedSearch:
         radius = np.maximum.reduceat(np.sqrt(sq), starts[:-1]) * (1.0 + 4 * _U32)
         self._bank = bank
         self._mean = mean
-        self._labels = labels
         self._centroids = centroids
         self._cnorm = np.einsum("ij,ij->i", centroids.astype(np.float64), centroids)
         self._radius = radius
@@ -356,28 +328,6 @@ class ClusterPrunedSearch:
     def n_clusters_fitted(self) -> int:
         """Number of non-empty clusters of the fitted index."""
         return int(self._radius.shape[0]) if self._bank is not None else 0
-
-    def state(self) -> dict[str, np.ndarray]:
-        """``bank`` (M, d) float32, ``mean`` (d,) float32, ``labels`` (M,) int64 (cluster of each
-        bank row); the rest is rebuilt from these in ``O(M * d)``."""
-        bank = _check_fitted(self._bank, "ClusterPrunedSearch")
-        return {"bank": bank, "mean": self._mean, "labels": self._labels}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, np.ndarray]) -> Self:
-        """Rebuild from :meth:`state` without running k-means again."""
-        bank = _as_matrix(_state_array(state, "bank"), "bank")
-        mean = np.ascontiguousarray(_state_array(state, "mean"), dtype=np.float32)
-        labels = np.asarray(_state_array(state, "labels"))
-        if mean.shape != (bank.shape[1],):
-            raise ConfigError(f"search state: mean has shape {mean.shape}, not {bank.shape[1:]}")
-        if labels.shape != (bank.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-            raise ConfigError("search state: labels must be (M,) integers")
-        if labels.min() < 0:
-            raise ConfigError("search state: labels must be >= 0")
-        index = cls(n_clusters=int(labels.max()) + 1)
-        index._build(bank, mean, labels.astype(np.int64))
-        return index
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int, n_iter: int) -> np.ndarray:
