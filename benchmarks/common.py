@@ -32,8 +32,13 @@ CATEGORIES = {"bottle": "mvtec_ad/bottle", "magnetic_tile": "magnetic_tile"}
 
 
 def method_label(record: dict[str, Any]) -> str:
-    """``model`` plus its non-default parameters, e.g. ``fcdd (loss=hsc_pixel)``."""
-    params = record.get("params") or {}
+    """``model`` plus its non-default parameters, e.g. ``fcdd (loss=hsc_pixel)``.
+
+    A texture folder the record names outside ``params`` is part of the label too: older runs
+    got the datasets' DTD folder without it being in their parameters."""
+    params = dict(record.get("params") or {})
+    if record.get("texture_dir") is not None:
+        params.setdefault("texture_dir", record["texture_dir"])
     if not params:
         return record["model"]
     return f"{record['model']} ({', '.join(f'{k}={v}' for k, v in sorted(params.items()))})"
@@ -51,17 +56,15 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
     from flawmap.data import MVTecDataset
     from flawmap.evaluation import evaluate, write_evaluation
     from flawmap.evaluation.timing import measure_backbone_latency, measure_latency
-    from flawmap.models import create_model, model_class
+    from flawmap.models import create_model
 
     torch.set_num_threads(args.threads)
     root = Path(args.datasets) / CATEGORIES[args.category]
     params = json.loads(args.params)
-    # ``params`` may override the image size (then it is part of the method label); models
-    # that synthesise texture defects get the datasets' DTD folder unless params name one.
+    # The model's defaults are what a CLI user gets; anything else comes from ``params`` (and so
+    # is part of the method label), e.g. a texture folder: {"texture_dir": ".../dtd"}. Only the
+    # image size may be overridden by params (then it is part of the label too).
     defaults: dict[str, Any] = {"image_size": args.image_size}
-    dtd = Path(args.datasets) / "dtd"
-    if "texture_dir" in model_class(args.model).param_types() and dtd.is_dir():
-        defaults["texture_dir"] = str(dtd)
     detector = create_model(
         args.model, backbone=args.backbone, seed=args.seed, **{**defaults, **params}
     )

@@ -2,10 +2,11 @@
 
 MVTec AD bottle and magnetic tile; each (model, resolution, category, seed) runs in its own
 subprocess (``benchmarks/common.py``), the resolution passed as the ``image_size`` parameter so
-it is part of the method label. CSE's texture defects come from ``<datasets>/dtd`` (common.py
-passes it to every model with a ``texture_dir`` parameter). Besides the accuracy metrics each
-record has the fit time, the model's latency and throughput at batch 1 and 8 (forward only,
-median), and the backbone's own batch-1 forward time, for the issue's target
+it is part of the method label. CSE runs with its defaults, as a CLI user gets them (texture
+defects from procedural textures); a texture folder is passed only through ``--params``
+(e.g. ``'{"texture_dir": "../shared/datasets/dtd"}'``) and is then part of the label. Besides
+the accuracy metrics each record has the fit time, the model's latency and throughput at batch
+1 and 8 (forward only, median), and the backbone's own batch-1 forward time, for the issue's target
 "CSE latency <= 1.3 x backbone forward". Results go to ``benchmarks/results/cse.json`` and
 ``cse.md``.
 
@@ -37,7 +38,8 @@ COLUMNS = [
 ]
 PREAMBLE = (
     "Mean ± std over seeds (CSE: 3 seeds; PatchCore: seed 0, deterministic fit). CSE with its "
-    "CPU default schedule (see `CSE.epochs`), texture defects from DTD; the image score is the "
+    "CPU default schedule (see `CSE.epochs`), texture defects from the default procedural "
+    "source unless the label names a `texture_dir`; the image score is the "
     "paper's mean distance. Latency/throughput: model forward only (no data loading), median, "
     "batch 1 and 8; backbone b1: the model's own feature extractor alone, batch 1; target "
     "latency / backbone <= 1.3. FPR/TPR@thr: share of good / defective test images at or "

@@ -2,9 +2,18 @@
 
 For each category, ``--val-fraction`` of train/good is held out; the model is fitted on the rest
 for every candidate value of ``--param``; it is scored on the held-out good images plus one
-synthetically damaged copy of each (:class:`flawmap.evaluation.synthetic.SyntheticValidationSet`:
-DTD texture, structural and blur defects). The selected value maximises the mean over categories
-of (validation image AUROC + validation pixel AUROC) / 2; ties go to the first value given.
+synthetically damaged copy of each (:class:`flawmap.evaluation.synthetic.SyntheticValidationSet`).
+The validation defects come from ``--validation-defects`` (recorded in every row):
+
+- ``structural+blur`` (default): MemSeg-style shuffled patches and Gaussian blur through Perlin
+  masks; no texture source, so no texture source a model trains on is favoured;
+- ``cutpaste``: a patch of the image pasted elsewhere (CutPaste);
+- ``dtd``: texture (``--textures``, default ``DATASETS/dtd``), structural and blur defects, the
+  source used before the source was made explicit (favours models trained on DTD textures);
+- ``procedural``: procedural texture, structural and blur defects.
+
+The selected value maximises the mean over categories of (validation image AUROC + validation
+pixel AUROC) / 2; ties go to the first value given.
 
     python benchmarks/select_on_training.py --model simplenet --param noise_sigma \
         --values 0.015 0.05 0.1 0.2 0.4 0.8 1.6 --datasets ../shared/datasets --threads 2
@@ -22,6 +31,41 @@ from pathlib import Path
 from typing import Any
 
 from common import CATEGORIES, DEFAULT_DATASETS, ROOT
+
+VALIDATION_DEFECTS = ("structural+blur", "cutpaste", "dtd", "procedural")
+"""The synthetic validation defect sources ``--validation-defects`` accepts."""
+
+
+def validation_defects(name: str, datasets: str, textures: str | None = None) -> Any:
+    """The :class:`flawmap.synth.DefectGenerator` of validation source ``name``."""
+    from flawmap.synth import CutPaste, DefectSynthesizer
+
+    if name == "structural+blur":
+        return DefectSynthesizer(kinds=("structural", "blur"))
+    if name == "cutpaste":
+        return CutPaste()
+    if name == "dtd":
+        return DefectSynthesizer(texture_dir=textures or Path(datasets) / "dtd")
+    if name == "procedural":
+        return DefectSynthesizer()
+    raise SystemExit(f"unknown validation defects {name!r}; choose from {VALIDATION_DEFECTS}")
+
+
+def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data, split and validation-defect options shared with ``texture_source.py``."""
+    parser.add_argument("--datasets", default=str(DEFAULT_DATASETS))
+    parser.add_argument(
+        "--validation-defects",
+        default="structural+blur",
+        choices=VALIDATION_DEFECTS,
+        help="synthetic defects of the validation images (recorded in every row)",
+    )
+    parser.add_argument("--textures", default=None, help="DTD-style folder (default DATASETS/dtd)")
+    parser.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
 
 
 def objective(record: dict[str, Any]) -> float:
@@ -42,13 +86,7 @@ def main() -> None:
     parser.add_argument("--param", required=True, help="the constructor parameter to choose")
     parser.add_argument("--values", nargs="+", type=parse_value, required=True)
     parser.add_argument("--params", default="{}", help="JSON dict of fixed model parameters")
-    parser.add_argument("--datasets", default=str(DEFAULT_DATASETS))
-    parser.add_argument("--textures", default=None, help="DTD-style folder (default DATASETS/dtd)")
-    parser.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES)
-    parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    add_validation_arguments(parser)
     args = parser.parse_args()
 
     import torch
@@ -57,10 +95,9 @@ def main() -> None:
     from flawmap.data import MVTecDataset, split_holdout
     from flawmap.evaluation.synthetic import SyntheticValidationSet, validate
     from flawmap.models import create_model
-    from flawmap.synth import DefectSynthesizer
 
     torch.set_num_threads(args.threads)
-    synthesizer = DefectSynthesizer(texture_dir=args.textures or Path(args.datasets) / "dtd")
+    synthesizer = validation_defects(args.validation_defects, args.datasets, args.textures)
     fixed = json.loads(args.params)
     records = []
     for category in args.categories:
@@ -83,6 +120,7 @@ def main() -> None:
                 args.param: value,
                 "params": detector.get_params(),
                 "seed": args.seed,
+                "validation_defects": args.validation_defects,
                 "n_fit": len(fit_idx),
                 "n_validation_good": len(val_idx),
                 "final_train_loss": history.epoch_losses[-1] if history else None,
@@ -94,6 +132,15 @@ def main() -> None:
     write_selection(Path(args.out), args.model, args.param, records)
 
 
+def _source(record: dict[str, Any]) -> str:
+    """The validation defects of a row (rows written before the option was added used DTD)."""
+    return record.get("validation_defects", "dtd")
+
+
+def _row_key(record: dict[str, Any], param: str) -> tuple[str, str, int, str]:
+    return (record["category"], json.dumps(record[param]), record["seed"], _source(record))
+
+
 def write_selection(
     out: Path, model: str, param: str, records: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -103,17 +150,25 @@ def write_selection(
     previous = out / f"{name}.json"
     order = [r[param] for r in records]
     if previous.is_file():
-        fresh = {(r["category"], json.dumps(r[param]), r["seed"]) for r in records}
+        fresh = {_row_key(r, param) for r in records}
         old = json.loads(previous.read_text())["records"]
-        kept = [r for r in old if (r["category"], json.dumps(r[param]), r["seed"]) not in fresh]
+        kept = [r for r in old if _row_key(r, param) not in fresh]
+        sources = {_source(r) for r in records}
+        if any(_source(r) not in sources for r in kept):
+            raise SystemExit(
+                f"{previous} holds rows validated on other defects than {sorted(sources)}; "
+                "write to another --out folder instead of mixing validation sources"
+            )
         records = kept + records
         order = [r[param] for r in kept] + order
     values = list(dict.fromkeys(json.dumps(v) for v in order))
     by_value = {v: [objective(r) for r in records if json.dumps(r[param]) == v] for v in values}
     means = {v: sum(s) / len(s) for v, s in by_value.items()}
     best = max(values, key=lambda v: means[v])  # first of equals wins
+    sources = sorted({_source(r) for r in records})
     summary = {
         "param": param,
+        "validation_defects": sources[0] if len(sources) == 1 else sources,
         "selected": json.loads(best),
         "objective_by_value": means,
         "records": records,
@@ -122,7 +177,8 @@ def write_selection(
     lines = [
         f"# {model}: `{param}` chosen on training data only",
         "",
-        "Validation = held-out train/good images + one synthetic-defect copy of each;",
+        "Validation = held-out train/good images + one synthetic-defect copy of each "
+        f"(validation defects: {', '.join(sources)});",
         "objective = mean over categories of (image AUROC + pixel AUROC) / 2.",
         "",
         f"| category | {param} | val image AUROC | val pixel AUROC | final loss | fit (s) |",

@@ -1,12 +1,15 @@
-"""Parameters: one declarative table per model, checked before any heavy work.
+"""Parameters: one ``param(default, constraint)`` declaration each, checked before any heavy work.
 
-Covers the constraint table (every parameter declared, bad values named with the allowed range),
-``get_params`` / ``set_params`` / ``sklearn.base.clone`` over every registered model, the check at
-the start of ``fit``, ``set_threshold``'s input and the command line's exit status.
+Covers the declarations (``param``/``merge_params``, the derived keyword-only constructor and
+signature, re-declared defaults), the constraint table (every parameter declared, bad values
+named with the allowed range), ``get_params`` / ``set_params`` / ``sklearn.base.clone`` over
+every registered model, the check at the start of ``fit``, ``set_threshold``'s input and the
+command line's exit status.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -21,6 +24,8 @@ from torch.utils.data import Dataset
 from flawmap.cli import main
 from flawmap.errors import ConfigError
 from flawmap.models import Detector, create_model, list_models, load_model, model_class
+from flawmap.models.base import TrainedDetector
+from flawmap.models.params import Int, Param, Real, merge_params, param
 
 FAST: dict[str, Any] = {"weights": "random", "image_size": 64, "threshold_holdout": 0.25}
 TRAINED = [n for n in list_models() if "epochs" in model_class(n).param_types()]
@@ -33,6 +38,57 @@ def toy_images(n: int, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def fitted() -> Detector:
     return create_model("patchcore", **FAST, coreset_ratio=0.25, batch_size=4).fit(toy_images(4))
+
+
+# ------------------------------------------------------------------------------ declarations
+def test_param_declares_default_constraint_and_doc() -> None:
+    rule = Int(1)
+    assert param(3, rule, doc="d") == Param(3, rule, "d")
+
+
+def test_merge_params_keeps_order_moves_redeclared_and_inherits_the_rule() -> None:
+    base = {"a": Param(1, Int(0), "a doc"), "b": Param(2.0, Real())}
+    merged = merge_params([base], {"a": Param(5), "c": Param("x", Int(0))}, "Owner")
+    assert list(merged) == ["b", "a", "c"]
+    assert merged["a"] == Param(5, base["a"].constraint, "a doc")
+
+
+def test_a_new_parameter_needs_a_constraint() -> None:
+    with pytest.raises(TypeError, match=r"Owner\.z: param"):
+        merge_params([], {"z": Param(1)}, "Owner")
+
+
+def test_subclass_declarations_derive_init_signature_and_defaults() -> None:
+    class Toy(TrainedDetector):
+        name = "toy-params"
+        default_strides = (8,)
+        epochs: int = param(7)
+        width: int = param(16, Int(1), doc="channels")
+
+        def _build_module(self, weights: str) -> Any:
+            raise NotImplementedError
+
+        def _fit_module(self, module: Any, data: Any, progress: bool) -> None:
+            raise NotImplementedError
+
+    toy = Toy(width=4)
+    assert toy.width == 4 and toy.epochs == 7 and toy.train_batch_size == 1
+    assert list(Toy.param_types())[-3:] == ["train_batch_size", "epochs", "width"]
+    assert Toy.param_types()["width"] is int
+    signature = inspect.signature(Toy)
+    assert signature.parameters["width"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert signature.parameters["epochs"].default == 7
+    with pytest.raises(ConfigError, match="has no parameter depth"):
+        Toy(depth=1)
+    with pytest.raises(ConfigError, match="epochs must be an integer >= 1"):
+        Toy(epochs=0)._validate_params()
+
+
+def test_a_parameter_needs_an_annotation() -> None:
+    with pytest.raises(TypeError, match="needs a type annotation"):
+
+        class Bad(Detector):
+            width = param(1, Int(1))
 
 
 # ------------------------------------------------------------------------------ the tables

@@ -34,6 +34,18 @@ def test_method_label_names_non_default_params(common: ModuleType) -> None:
     assert common.method_label(labelled) == "mlff (epochs=8, variant=+sc)"
 
 
+def test_method_label_names_a_texture_folder(common: ModuleType) -> None:
+    default = record(0, "cse", params={"image_size": 256}, texture_dir=None)
+    assert common.method_label(default) == "cse (image_size=256)"
+    passed = record(0, "cse", params={"texture_dir": "dtd"}, texture_dir="dtd")
+    assert common.method_label(passed) == "cse (texture_dir=dtd)"
+    legacy = record(0, "cse", params={"image_size": 256}, texture_dir="dtd")  # injected silently
+    assert common.method_label(legacy) == "cse (image_size=256, texture_dir=dtd)"
+    assert common.method_label(legacy) == common.method_label(
+        record(0, "cse", params={"image_size": 256, "texture_dir": "dtd"}, texture_dir="dtd")
+    )
+
+
 def test_merge_replaces_the_same_run_and_keeps_the_others(
     common: ModuleType, tmp_path: Path
 ) -> None:

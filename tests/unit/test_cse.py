@@ -43,7 +43,7 @@ def toy_images(n: int, seed: int = 0) -> torch.Tensor:
 
 def fit(images: torch.Tensor, **params: object) -> CSE:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # no texture folder: blur + structural
+        warnings.simplefilter("ignore", UserWarning)  # no texture folder: procedural textures
         model = create_model("cse", **{**FAST, **params})
         return model.fit(images)  # type: ignore[return-value]
 

@@ -11,7 +11,14 @@ import torch
 from PIL import Image
 
 from flawmap.errors import ConfigError, DataError
-from flawmap.synth import DefectSynthesizer, SyntheticDefect, perlin_mask, perlin_noise
+from flawmap.synth import (
+    DEFECT_KINDS,
+    DefectSynthesizer,
+    SyntheticDefect,
+    perlin_mask,
+    perlin_noise,
+    procedural_texture,
+)
 from tests.synthetic import textured_image
 
 
@@ -132,34 +139,36 @@ def test_every_kind_is_drawn(synth: DefectSynthesizer) -> None:
     assert kinds == {"texture", "structural", "blur"}
 
 
-def test_without_texture_folder_warns_once_and_never_draws_texture() -> None:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        synth = DefectSynthesizer()
-    assert len(caught) == 1
-    assert issubclass(caught[0].category, UserWarning)
-    message = str(caught[0].message)
-    assert "texture" in message and "structural and blur" in message and "texture_dir" in message
-    assert synth.kinds == ("structural", "blur")
-    image = textured(32)
-    g = gen(0)
+def test_without_texture_folder_uses_procedural_textures_silently() -> None:
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no further warnings while drawing
+        warnings.simplefilter("error")  # no warning any more, neither now nor while drawing
+        synth = DefectSynthesizer()
+        assert synth.texture_dir is None and synth.kinds == DEFECT_KINDS
+        image = textured(32)
+        g = gen(0)
         kinds = {synth(image, g).kind for _ in range(30)}
-    assert kinds == {"structural", "blur"}
-    with pytest.raises(ConfigError, match="texture"):
-        synth(image, g, kind="texture")
+    assert kinds == {"texture", "structural", "blur"}
 
 
-def test_no_warning_without_texture_kind() -> None:
+def test_default_texture_is_the_procedural_texture() -> None:
+    synth = DefectSynthesizer()
+    torch.testing.assert_close(
+        synth._texture(40, 48, gen(3)), procedural_texture(40, 48, gen(3)), rtol=0, atol=0
+    )
+    out = DefectSynthesizer(kinds=("texture",))(textured(32), gen(4))
+    assert out.kind == "texture" and out.mask.sum() > 0
+
+
+def test_structural_and_blur_only_without_texture_kind() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert DefectSynthesizer(kinds=("blur",)).kinds == ("blur",)
-
-
-def test_texture_only_without_folder_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="texture_dir"):
-        DefectSynthesizer(kinds=("texture",))
+        synth = DefectSynthesizer(kinds=("structural", "blur"))
+    assert synth.kinds == ("structural", "blur")
+    image, g = textured(32), gen(0)
+    assert {synth(image, g).kind for _ in range(30)} == {"structural", "blur"}
+    with pytest.raises(ConfigError, match="texture"):
+        synth(image, g, kind="texture")
+    assert DefectSynthesizer(kinds=("blur",)).kinds == ("blur",)
 
 
 def test_missing_texture_folder_raises_data_error(tmp_path: Path) -> None:

@@ -3,9 +3,10 @@
 Conventions (scikit-learn / PyOD style):
 
 - ``__init__`` only stores its arguments; ``get_params()`` returns them as given and
-  ``set_params(**params)`` changes them (``sklearn.base.clone`` works); every parameter is
-  checked against the class's declarative ``param_constraints`` (:mod:`flawmap.models.params`)
-  by ``create_model``, ``set_params`` and at the start of ``fit``, before any heavy work;
+  ``set_params(**params)`` changes them (``sklearn.base.clone`` works); each parameter is
+  declared once in the class body, ``name: type = param(default, constraint)``
+  (:mod:`flawmap.models.params`), and checked by ``create_model``, ``set_params`` and at the
+  start of ``fit``, before any heavy work;
 - ``fit(good_images) -> self`` learns from defect-free images only; a held-out slice of them
   (``threshold_holdout``) is never fitted on and sets the decision threshold;
 - ``predict(images) -> Prediction``: image scores, anomaly maps and labels; **higher = more
@@ -52,11 +53,14 @@ from flawmap.models.params import (
     Constraint,
     Int,
     NoneOr,
+    Param,
     Real,
     Seq,
     Size,
     Text,
     check_all,
+    merge_params,
+    param,
 )
 from flawmap.models.postprocess import AnomalyMapPostprocessor, ImageScore, learn_threshold
 from flawmap.registry import Registry
@@ -234,6 +238,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _declare_params(cls: type[Detector]) -> None:
+    """Set ``cls.declared_params`` from the ``param(...)`` declarations of ``cls`` and its
+    bases, and ``cls.__signature__`` (keyword-only) for ``help()`` and ``inspect.signature``."""
+    own = {name: value for name, value in vars(cls).items() if isinstance(value, Param)}
+    annotations = vars(cls).get("__annotations__", {})
+    for name in own:
+        if name not in annotations:
+            raise TypeError(f"{cls.__name__}.{name}: a parameter needs a type annotation")
+    bases = [vars(b).get("declared_params", {}) for b in reversed(cls.__mro__[1:])]
+    cls.declared_params = merge_params(bases, own, cls.__name__)
+    cls.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=spec.default)
+            for name, spec in cls.declared_params.items()
+        ]
+    )
+
+
 class Detector(abc.ABC):
     """Base class of every flawmap model; see the module docstring for the contract.
 
@@ -254,46 +276,34 @@ class Detector(abc.ABC):
 
     name: ClassVar[str]
     default_strides: ClassVar[tuple[int, ...]]
-    #: Allowed values of each parameter; subclasses add their own (merged along the MRO).
-    param_constraints: ClassVar[dict[str, Constraint]] = {
-        "backbone": Backbone(),
-        "layers": NoneOr(Seq(AnyOf(Int(0), Text("a stage name")))),
-        "weights": Text("'pretrained', 'random' or a weights file path (str)"),
-        "image_size": Size(),
-        "center_crop": NoneOr(Size()),
-        "seed": Int(0, 2**32 - 1),
-        "threshold_holdout": Real(0.0, 1.0, high_open=True),
-        "threshold_quantile": Real(0.0, 1.0, low_open=True),
-        "smoothing_sigma": Real(0.0),
-        "batch_size": Int(1),
-    }
+    #: Every declared parameter (this class and its bases, in order); set for each class from
+    #: the ``param(...)`` declarations of its body (:func:`flawmap.models.params.param`).
+    declared_params: ClassVar[dict[str, Param]] = {}
     #: Parameters that do not shape the fitted state: they may change between fit and use.
     runtime_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
-    def __init__(
-        self,
-        *,
-        backbone: str = DEFAULT_BACKBONE,
-        layers: tuple[int | str, ...] | None = None,
-        weights: str = "pretrained",
-        image_size: int | tuple[int, int] = 256,
-        center_crop: int | tuple[int, int] | None = None,
-        seed: int = 0,
-        threshold_holdout: float = 0.1,
-        threshold_quantile: float = 0.99,
-        smoothing_sigma: float = 4.0,
-        batch_size: int = 8,
-    ) -> None:
-        self.backbone = backbone
-        self.layers = layers
-        self.weights = weights
-        self.image_size = image_size
-        self.center_crop = center_crop
-        self.seed = seed
-        self.threshold_holdout = threshold_holdout
-        self.threshold_quantile = threshold_quantile
-        self.smoothing_sigma = smoothing_sigma
-        self.batch_size = batch_size
+    backbone: str = param(DEFAULT_BACKBONE, Backbone())
+    layers: tuple[int | str, ...] | None = param(
+        None, NoneOr(Seq(AnyOf(Int(0), Text("a stage name"))))
+    )
+    weights: str = param("pretrained", Text("'pretrained', 'random' or a weights file path (str)"))
+    image_size: int | tuple[int, int] = param(256, Size())
+    center_crop: int | tuple[int, int] | None = param(None, NoneOr(Size()))
+    seed: int = param(0, Int(0, 2**32 - 1))
+    threshold_holdout: float = param(0.1, Real(0.0, 1.0, high_open=True))
+    threshold_quantile: float = param(0.99, Real(0.0, 1.0, low_open=True))
+    smoothing_sigma: float = param(4.0, Real(0.0))
+    batch_size: int = param(8, Int(1))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _declare_params(cls)
+
+    def __init__(self, **params: Any) -> None:
+        """Keyword-only: every declared parameter (see :meth:`param_types`), default if absent."""
+        _check_known(type(self), params)
+        for name, spec in self.declared_params.items():
+            setattr(self, name, params.get(name, spec.default))
         self.module_: AnomalyModule | None = None
         self.train_seconds_: float | None = None
         self.n_train_: int | None = None
@@ -305,30 +315,21 @@ class Detector(abc.ABC):
     # ----------------------------------------------------------------- parameters
     @classmethod
     def param_types(cls) -> dict[str, Any]:
-        """Every constructor argument (this class and its bases) with its type annotation."""
-        types: dict[str, Any] = {}
-        for klass in reversed(cls.__mro__):
-            init = klass.__dict__.get("__init__")
-            if init is None or klass is object:
-                continue
-            hints = typing.get_type_hints(init)
-            for p in inspect.signature(init).parameters.values():
-                if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
-                    types[p.name] = hints.get(p.name, Any)
-        return types
+        """Every declared parameter (this class and its bases) with its type annotation."""
+        hints = typing.get_type_hints(cls)
+        return {name: hints.get(name, Any) for name in cls.declared_params}
 
     @classmethod
     def constraints(cls) -> dict[str, Constraint]:
-        """``param_constraints`` of this class and its bases (subclasses win)."""
-        merged: dict[str, Constraint] = {}
-        for klass in reversed(cls.__mro__):
-            merged.update(klass.__dict__.get("param_constraints", {}))
-        return merged
+        """The allowed values of every declared parameter."""
+        return {
+            name: spec.constraint for name, spec in cls.declared_params.items() if spec.constraint
+        }
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor arguments as given (tuples stay tuples; ``deep`` is accepted for
         scikit-learn compatibility: a detector holds no nested estimators)."""
-        return {name: getattr(self, name) for name in self.param_types()}
+        return {name: getattr(self, name) for name in self.declared_params}
 
     def set_params(self, **params: Any) -> Self:
         """Change parameters (checked; nothing changes when one is invalid); returns ``self``.
@@ -541,19 +542,20 @@ class Detector(abc.ABC):
         self.fitted_params_ = self._state_params()
 
 
+_declare_params(Detector)
+
+
 class TrainedDetector(Detector):
     """A detector whose head is trained by gradient descent (:func:`flawmap.training.run_epochs`).
 
-    Subclasses store ``epochs`` and ``train_batch_size`` (constructor arguments) and train
-    through :meth:`_train`, which fills in the shared loop's settings.
+    Subclasses re-declare ``epochs`` and ``train_batch_size`` with their own defaults
+    (``epochs: int = param(40)``) and train through :meth:`_train`, which fills in the shared
+    loop's settings; ``history_`` holds the last fit's :class:`~flawmap.training.TrainingHistory`.
     """
 
-    epochs: int
-    train_batch_size: int
-    param_constraints: ClassVar[dict[str, Constraint]] = {
-        "epochs": Int(1),
-        "train_batch_size": Int(1),
-    }
+    epochs: int = param(1, Int(1))
+    train_batch_size: int = param(1, Int(1))
+    history_: TrainingHistory | None = None
 
     def _train(
         self,

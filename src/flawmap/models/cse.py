@@ -1,67 +1,40 @@
-"""CSE: surface anomaly detection with a contrastively selected embedding (seed paper 001).
+"""CSE: surface anomaly detection with a contrastively selected embedding (seed paper 001,
+"CSE: Surface Anomaly Detection with Contrastively Selected Embedding").
 
-Data path (seed paper §3; its equations were lost in the text we have, the definitions below
-follow the issue and are the reference):
+Data path (§3; the paper's equations are lost in the stored text, the definitions below are the
+reference):
 
-- features: a frozen pretrained backbone, its two deepest stages (default backbone: stride 16
-  and stride 32; the paper's EfficientNet-B3 gives 136x14x14 and 384x7x7 at 224 px); every
-  stage is upsampled (bilinear) to the finest one's grid and they are concatenated (§3.2);
-- embedder: three 1x1 convolutions C -> C/2 -> C/4 -> ``embed_dim`` (paper 64), each followed by
-  ReLU and BatchNorm (§3.2); a 2x2 average pooling (stride 2) smooths it into the *pooled
-  embedding* (paper: 64x7x7 at 224 px) that the contrastive loss, the bank and the scores use;
-- training pairs (§3.2): a defect-free training image x1 and a second image x2, with probability
-  ``damage_probability`` (paper 0.5) a synthetically damaged copy of x1
-  (:class:`~flawmap.synth.DefectSynthesizer`: Perlin masks with texture (DTD), structural or
-  blur defects, §3.1), otherwise another defect-free training image;
-- contrastive cosine loss (§3.3, eq. 1-2): :func:`contrastive_cosine_loss`;
-- decoder loss (§3.4, eq. 3-5): a decoder of 1x1 convolutions, randomly initialised (seeded)
-  and never trained, maps the defect-free *unpooled* embedding back to every backbone stage;
-  :func:`decoder_loss`;
-- total loss (eq. 6): ``contrastive_weight * contrastive + decoder`` (paper lambda = 10);
-- training (§4.1): Adam (lr 4e-4, betas (0.5, 0.999), weight decay 1e-5) with a one-cycle
-  schedule, batch 8; the training images are split 70/30 (seeded) and the embedder weights of
-  the epoch with the lowest loss on the 30 % (fixed, seeded validation pairs) are kept — no test
-  data is ever looked at;
+- features: a frozen backbone's two deepest stages (default strides 16 and 32), upsampled
+  bilinearly to the finest grid and concatenated (§3.2);
+- embedder: 1x1 convolutions C -> C/2 -> C/4 -> ``embed_dim``, each with ReLU and BatchNorm,
+  then 2x2 average pooling: the *pooled embedding* used by the loss, the bank and the scores;
+- training pairs (§3.1-3.2): a good image x1 and, with probability ``damage_probability``, a
+  synthetically damaged copy of it (:class:`~flawmap.synth.DefectSynthesizer`: Perlin masks with
+  texture, structural or blur defects), otherwise another good image;
+- loss (eq. 1-6): ``contrastive_weight`` * :func:`contrastive_cosine_loss` + :func:`decoder_loss`
+  (a seeded, never-trained decoder of 1x1 convolutions maps the unpooled embedding back to
+  every stage; it is used for training only and not saved);
+- training (§4.1): Adam with a one-cycle schedule (max lr = ``lr``, beta1 not cycled); the
+  embedder of the epoch with the lowest loss on a seeded ``validation_fraction`` of the
+  training images is kept (no test data is looked at);
 - bank and scoring (§3.5): seeded spherical k-means++ (:func:`spherical_kmeans`) on the pooled
-  embeddings of every training image (``n_clusters``, paper 1); the anomaly score of a position
-  is 1 - cos to the nearest centre; the image score is its mean over positions (paper) and the
-  map is the same per-position distance, upsampled and smoothed by the shared post-processor.
+  embeddings of the training images; a position's score is 1 - cos to the nearest centre; the
+  map is that distance, upsampled and smoothed; the image score is its mean (paper) or, with
+  ``image_score="max"``, the smoothed map's maximum.
 
-Choices where the paper is silent or ambiguous:
+Choices where the paper is silent: ``damaged_positions="all"`` (default) applies the
+damaged-pair term at every position of a damaged pair, ``"mask"`` only where the pooled cell
+overlaps the defect mask; the map uses the pooled embedding (the one the loss shapes), so the
+mean image score is exactly the mean of the raw map; the frozen decoder stays in eval mode
+(its BatchNorm is an identity up to 1/sqrt(1 + eps)), its last convolution is linear, coarser
+stages average-pool its output, and each stage's loss is 1 - cos averaged over positions. With
+the ``"mean"`` score the threshold is on the mean distance, so ``Prediction.masks()``
+over-segments.
 
-- damaged pairs (``damaged_positions``): ``"all"`` (default) applies the damaged-pair term at
-  every position of a damaged pair — the pair label is per image, which is why the paper relies
-  on deep features whose large receptive fields let a small defect change most positions (§3.2,
-  §5.3); ``"mask"`` applies it only at positions whose 2x2-pooled cell overlaps the defect mask
-  and the defect-free term elsewhere (x2 is a copy of x1 there);
-- the map uses the *pooled* embedding (stride 32 by default): it is the representation the
-  contrastive loss shapes and the bank is built from, and the image score is exactly the mean
-  of this map's raw values; the unpooled one is finer but never compared directly by any loss;
-- frozen decoder and BatchNorm: the decoder is built from ``seed`` (its own RNG stream), gets no
-  gradients, is not in the optimiser and stays in eval mode even while the embedder trains, so
-  its BatchNorm layers use their initial running statistics (mean 0, var 1, affine 1/0: an
-  identity up to 1/sqrt(1 + eps)); nothing of it, statistics included, ever changes. Its hidden
-  convolutions are followed by ReLU + BatchNorm, its last one is linear (backbone features are
-  signed; a final ReLU could not reach them). It is needed for training only and is not saved;
-- the decoder branch of a coarser stage average-pools its output to that stage's grid; each
-  stage's loss is 0.5 * ||n(decoded) - n(features)||^2 (n = L2 normalisation over channels)
-  summed over channels, i.e. 1 - cos, averaged over positions; the stage losses are averaged;
-- the one-cycle schedule (``torch.optim.lr_scheduler.OneCycleLR``, max lr = ``lr``) does not
-  cycle Adam's beta1 (``cycle_momentum=False``), so the paper's betas hold throughout;
-- the k-means is spherical (cosine assignment, centres = normalised mean of the unit
-  embeddings), matching the cosine score; with one cluster the centre is the direction of the
-  mean of the L2-normalised training embeddings (the paper: "the mean of defect-free samples");
-- image score: ``image_score="mean"`` (paper, default) or ``"max"`` of the smoothed map (the
-  flawmap convention, under which "score >= threshold" means "some pixel reaches the
-  threshold"). Either way ``label = score >= threshold`` with the threshold learned on held-out
-  good images' scores of the same kind; with ``"mean"`` the threshold is on the mean distance,
-  so ``Prediction.masks()`` (map >= threshold) marks every pixel above a good image's typical
-  *mean* distance and over-segments.
-
-Deviations: CPU schedule by default (``epochs``; the paper's 100 are ``CSE.PAPER_SCHEDULE``),
-EfficientNet-Lite0 instead of EfficientNet-B3; the backbone features of the defect-free
-training images are computed once and cached (the backbone is frozen and CSE uses no
-augmentation), only the damaged copies go through the backbone during training.
+Deviations: EfficientNet-Lite0 instead of EfficientNet-B3; a CPU schedule by default (the
+paper's is ``CSE.PAPER_SCHEDULE``); the features of the good training images are computed
+once and cached (frozen backbone, no augmentation), only damaged copies run the backbone
+during training.
 """
 
 from __future__ import annotations
@@ -81,9 +54,9 @@ from flawmap.data import split_holdout
 from flawmap.errors import ConfigError, DataError
 from flawmap.models.base import AnomalyModule, TrainedDetector, register_model
 from flawmap.models.features import collect_features, concat_on_finest_grid
-from flawmap.models.params import Constraint, Int, NoneOr, OneOf, Real, Seq, Text
+from flawmap.models.params import Int, NoneOr, OneOf, Real, Seq, Text, param
 from flawmap.synth import DefectSynthesizer
-from flawmap.training import BestOnValidation, Schedule, TrainingHistory
+from flawmap.training import BestOnValidation, Schedule
 
 __all__ = [
     "CSE",
@@ -301,16 +274,15 @@ class CSE(TrainedDetector):
         embed_dim: embedding channels (paper 64).
         n_clusters: k-means centres in the bank (paper 1 = the mean embedding direction).
         texture_dir: folder of texture images for the synthetic texture defects (e.g. DTD,
-            ``../shared/datasets/dtd``); ``None`` = structural and blur defects only (warns).
+            ``../shared/datasets/dtd``); ``None`` = built-in procedural textures (no download).
         damage_probability: chance that a training pair's second image is a damaged copy
             (paper 0.5).
         damaged_positions: ``"all"`` (default) or ``"mask"``: where the damaged-pair term of
             the contrastive loss applies (see the module docstring).
         contrastive_weight: lambda of eq. 6, total = lambda * contrastive + decoder (paper 10).
-        epochs: training epochs. CPU default 20 (the paper trains 100, ``PAPER_SCHEDULE``).
-            An epoch costs about one backbone forward and one defect synthesis per damaged
-            training image; the defect-free features are computed once at the start
-            (timings: BENCHMARKS.md).
+        epochs: training epochs (CPU default; the paper's schedule is ``PAPER_SCHEDULE``). An
+            epoch costs about one backbone forward and one defect synthesis per damaged
+            training image; the defect-free features are computed once at the start.
         train_batch_size: pairs per Adam step (paper 8).
         lr, betas, weight_decay: Adam (paper 4e-4, (0.5, 0.999), 1e-5); ``lr`` is the one-cycle
             schedule's maximum.
@@ -323,19 +295,20 @@ class CSE(TrainedDetector):
 
     name = "cse"
     default_strides = (16, 32)
-    param_constraints: ClassVar[dict[str, Constraint]] = {
-        "embed_dim": Int(1),
-        "n_clusters": Int(1),
-        "texture_dir": NoneOr(Text("a folder path (str)")),
-        "damage_probability": Real(0.0, 1.0),
-        "damaged_positions": OneOf(*DAMAGED_POSITIONS),
-        "contrastive_weight": Real(0.0),
-        "lr": Real(0.0, low_open=True),
-        "betas": Seq(Real(0.0, 1.0, high_open=True), length=2),
-        "weight_decay": Real(0.0),
-        "validation_fraction": Real(0.0, 1.0, high_open=True),
-        "image_score": OneOf(*IMAGE_SCORES),
-    }
+    embed_dim: int = param(64, Int(1))
+    n_clusters: int = param(1, Int(1))
+    texture_dir: str | None = param(None, NoneOr(Text("a folder path (str)")))
+    damage_probability: float = param(0.5, Real(0.0, 1.0))
+    damaged_positions: str = param("all", OneOf(*DAMAGED_POSITIONS))
+    contrastive_weight: float = param(10.0, Real(0.0))
+    epochs: int = param(20)
+    train_batch_size: int = param(8)
+    lr: float = param(4e-4, Real(0.0, low_open=True))
+    betas: tuple[float, float] = param((0.5, 0.999), Seq(Real(0.0, 1.0, high_open=True), length=2))
+    weight_decay: float = param(1e-5, Real(0.0))
+    validation_fraction: float = param(0.3, Real(0.0, 1.0, high_open=True))
+    image_score: str = param("mean", OneOf(*IMAGE_SCORES))
+    decoder_: CSEDecoder | None = None
     #: The seed paper's schedule (§4.1), for ``--param epochs=100`` style reproduction.
     PAPER_SCHEDULE: ClassVar[dict[str, object]] = {
         "epochs": 100,
@@ -349,41 +322,6 @@ class CSE(TrainedDetector):
         "n_clusters": 1,
         "image_size": 224,
     }
-
-    def __init__(
-        self,
-        *,
-        embed_dim: int = 64,
-        n_clusters: int = 1,
-        texture_dir: str | None = None,
-        damage_probability: float = 0.5,
-        damaged_positions: str = "all",
-        contrastive_weight: float = 10.0,
-        epochs: int = 20,
-        train_batch_size: int = 8,
-        lr: float = 4e-4,
-        betas: tuple[float, float] = (0.5, 0.999),
-        weight_decay: float = 1e-5,
-        validation_fraction: float = 0.3,
-        image_score: str = "mean",
-        **common,
-    ) -> None:
-        super().__init__(**common)
-        self.embed_dim = embed_dim
-        self.n_clusters = n_clusters
-        self.texture_dir = texture_dir
-        self.damage_probability = damage_probability
-        self.damaged_positions = damaged_positions
-        self.contrastive_weight = contrastive_weight
-        self.epochs = epochs
-        self.train_batch_size = train_batch_size
-        self.lr = lr
-        self.betas = betas
-        self.weight_decay = weight_decay
-        self.validation_fraction = validation_fraction
-        self.image_score = image_score
-        self.history_: TrainingHistory | None = None
-        self.decoder_: CSEDecoder | None = None
 
     def _build_module(self, weights: str) -> CSEModule:
         extractor = self.make_extractor(weights, truncate=True)

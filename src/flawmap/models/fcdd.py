@@ -43,10 +43,10 @@ from flawmap.kernels import gaussian_kernel1d
 from flawmap.models.base import AnomalyModule, TrainedDetector, register_model
 from flawmap.models.features import collect_features
 from flawmap.models.losses import push
-from flawmap.models.params import Bool, Constraint, Int, NoneOr, OneOf, Real, Text
+from flawmap.models.params import Bool, Int, NoneOr, OneOf, Real, Text, param
 from flawmap.synth import ConfettiNoise, DefectGenerator, RealDefects
 from flawmap.synth.color import color_jitter
-from flawmap.training import Schedule, TrainingHistory
+from flawmap.training import Schedule
 
 __all__ = [
     "FCDD",
@@ -372,8 +372,7 @@ class FCDD(TrainedDetector):
     Args:
         loss: ``"hsc_pixel"`` (eq. 5, seed paper) or ``"fcdd"`` (eq. 4, FCDD).
         epochs: training epochs of ``passes_per_epoch`` passes each (CPU default, chosen on
-            training-only validation; fit times in BENCHMARKS.md). The paper trains 50
-            (``PAPER_SCHEDULE``).
+            training-only validation; the paper's schedule is ``PAPER_SCHEDULE``).
         passes_per_epoch: passes over the training set per epoch (paper: 10).
         train_batch_size: images per SGD step (paper: 128).
         lr, momentum, weight_decay: SGD with Nesterov momentum (paper: 1e-3, 0.9, 1e-4).
@@ -392,19 +391,19 @@ class FCDD(TrainedDetector):
 
     name = "fcdd"
     default_strides = (16,)  # chosen on training data only, see the module docstring
-    param_constraints: ClassVar[dict[str, Constraint]] = {
-        "loss": OneOf(*sorted(LOSSES)),
-        "passes_per_epoch": Int(1),
-        "lr": Real(0.0, low_open=True),
-        "momentum": Real(0.0),
-        "weight_decay": Real(0.0),
-        "lr_decay": Real(0.0, 1.0, low_open=True),
-        "anomaly_probability": Real(0.0, 1.0),
-        "anomaly_dir": NoneOr(Text("a folder path (str)")),
-        "finetune_stages": Int(0),
-        "gauss_std": NoneOr(Real(0.0, low_open=True)),
-        "augment": Bool(),
-    }
+    loss: str = param("hsc_pixel", OneOf(*sorted(LOSSES)))
+    epochs: int = param(4)
+    passes_per_epoch: int = param(10, Int(1))
+    train_batch_size: int = param(16)
+    lr: float = param(1e-3, Real(0.0, low_open=True))
+    momentum: float = param(0.9, Real(0.0))
+    weight_decay: float = param(1e-4, Real(0.0))
+    lr_decay: float = param(0.985, Real(0.0, 1.0, low_open=True))
+    anomaly_probability: float = param(0.5, Real(0.0, 1.0))
+    anomaly_dir: str | None = param(None, NoneOr(Text("a folder path (str)")))
+    finetune_stages: int = param(1, Int(0))
+    gauss_std: float | None = param(None, NoneOr(Real(0.0, low_open=True)))
+    augment: bool = param(True, Bool())
     #: The seed paper's schedule (§4), for ``--param epochs=50`` style reproduction.
     PAPER_SCHEDULE: ClassVar[dict[str, float]] = {
         "epochs": 50,
@@ -418,46 +417,12 @@ class FCDD(TrainedDetector):
         "image_size": 224,
     }
 
-    def __init__(
-        self,
-        *,
-        loss: str = "hsc_pixel",
-        epochs: int = 4,
-        passes_per_epoch: int = 10,
-        train_batch_size: int = 16,
-        lr: float = 1e-3,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
-        lr_decay: float = 0.985,
-        anomaly_probability: float = 0.5,
-        anomaly_dir: str | None = None,
-        finetune_stages: int = 1,
-        gauss_std: float | None = None,
-        augment: bool = True,
-        **common,
-    ) -> None:
-        super().__init__(**common)
-        self.loss = loss
-        self.epochs = epochs
-        self.passes_per_epoch = passes_per_epoch
-        self.train_batch_size = train_batch_size
-        self.lr = lr
-        self.momentum = momentum
-        self.weight_decay = weight_decay
-        self.lr_decay = lr_decay
-        self.anomaly_probability = anomaly_probability
-        self.anomaly_dir = anomaly_dir
-        self.finetune_stages = finetune_stages
-        self.gauss_std = gauss_std
-        self.augment = augment
-        self.history_: TrainingHistory | None = None
-
     def _build_module(self, weights: str) -> FCDDModule:
         layers = self.stage_indices()
         if len(layers) != 1:
             raise ConfigError(f"fcdd uses exactly one backbone stage, got layers {layers}")
-        extractor = FeatureExtractor(
-            self.backbone, layers, weights, trainable_stages=self.finetune_stages, truncate=True
+        extractor = self.make_extractor(
+            weights, trainable_stages=self.finetune_stages, truncate=True
         )
         return FCDDModule(extractor, self.smoothing_sigma, self.gauss_std)
 

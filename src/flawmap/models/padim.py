@@ -11,7 +11,6 @@ kept, drawn at random with ``seed`` (the paper's random dimensionality reduction
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
 
 import numba
 import numpy as np
@@ -25,7 +24,7 @@ from flawmap.errors import ConfigError, DataError
 from flawmap.interrupts import interrupt_safe
 from flawmap.models.base import AnomalyModule, Detector, register_model
 from flawmap.models.features import collect_features, concat_on_finest_grid
-from flawmap.models.params import Constraint, Int, Real
+from flawmap.models.params import Int, Real, param
 
 
 @interrupt_safe
@@ -141,15 +140,9 @@ class Padim(Detector):
 
     name = "padim"
     default_strides = (4, 8, 16)
-    param_constraints: ClassVar[dict[str, Constraint]] = {
-        "n_features": Int(1),  # the upper bound, the stages' channel count, is checked at build
-        "covariance_eps": Real(0.0),
-    }
-
-    def __init__(self, *, n_features: int = 100, covariance_eps: float = 0.01, **common) -> None:
-        super().__init__(**common)
-        self.n_features = n_features
-        self.covariance_eps = covariance_eps
+    # n_features: the upper bound, the stages' channel count, is checked at build.
+    n_features: int = param(100, Int(1))
+    covariance_eps: float = param(0.01, Real(0.0))
 
     def _build_module(self, weights: str) -> PadimModule:
         return PadimModule(

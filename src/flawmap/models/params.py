@@ -1,9 +1,12 @@
 """Declarative parameter constraints of the detectors.
 
-Every detector class declares ``param_constraints: ClassVar[dict[str, Constraint]]`` (the
-scikit-learn ``_parameter_constraints`` idea); :meth:`flawmap.models.base.Detector.constraints`
-merges the tables along the MRO and ``Detector._validate_params`` checks them all, before any
-heavy work (``create_model``, ``set_params`` and the start of ``fit``). A failed check raises
+Every detector parameter is declared once, in the class body, with :func:`param`:
+``coreset_ratio: float = param(0.1, Real(0.0, 1.0, low_open=True))`` gives its type (the
+annotation), its default and its allowed values (the scikit-learn ``_parameter_constraints``
+idea). :class:`flawmap.models.base.Detector` derives the keyword-only constructor,
+``param_types()``, ``constraints()``, ``get_params``/``set_params`` and the JSON form from these
+declarations, and ``Detector._validate_params`` checks every value before any heavy work
+(``create_model``, ``set_params`` and the start of ``fit``). A failed check raises
 :class:`~flawmap.errors.ConfigError` naming the parameter, the allowed values and the value given.
 
 Constraints only read values, they never convert them: ``get_params`` returns exactly what was
@@ -15,6 +18,7 @@ from __future__ import annotations
 import abc
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,12 +33,14 @@ __all__ = [
     "Int",
     "NoneOr",
     "OneOf",
+    "Param",
     "Real",
     "Seq",
     "Size",
     "Text",
     "check_all",
     "describe_changes",
+    "param",
 ]
 
 
@@ -244,6 +250,57 @@ class Backbone(Constraint):
         from flawmap.backbones.registry import list_backbones
 
         return f"a registered backbone ({', '.join(list_backbones())})"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared detector parameter (see :func:`param`).
+
+    Attributes:
+        default: the value a detector gets when the parameter is not passed (immutable).
+        constraint: its allowed values; ``None`` in a subclass re-declaration = the inherited one.
+        doc: a one-line description (optional; the class docstring's Args may hold it instead).
+    """
+
+    default: Any
+    constraint: Constraint | None = None
+    doc: str = ""
+
+
+def param(default: Any, constraint: Constraint | None = None, *, doc: str = "") -> Any:
+    """Declare a detector parameter in a class body (its annotation is its type).
+
+    ``lr: float = param(1e-3, Real(0.0, low_open=True))``. A subclass changes an inherited
+    parameter's default by declaring it again, e.g. ``epochs: int = param(40)`` (the constraint
+    and doc are inherited; the parameter then takes the subclass's place in the order).
+    Returns a :class:`Param` (typed ``Any`` so that the annotation stays the value's type).
+    """
+    return Param(default, constraint, doc)
+
+
+def merge_params(
+    bases: list[dict[str, Param]], own: dict[str, Param], owner: str
+) -> dict[str, Param]:
+    """The parameters of a class: its bases' (in order) then its own ``own`` declarations.
+
+    A re-declared parameter moves to its new place and inherits a missing constraint and doc.
+
+    Raises:
+        TypeError: a new parameter declared without a constraint (a programming error).
+    """
+    merged: dict[str, Param] = {}
+    for table in bases:
+        for name, spec in table.items():
+            merged.pop(name, None)
+            merged[name] = spec
+    for name, spec in own.items():
+        inherited = merged.pop(name, None)
+        if spec.constraint is None:
+            if inherited is None:
+                raise TypeError(f"{owner}.{name}: param() needs a constraint")
+            spec = Param(spec.default, inherited.constraint, spec.doc or inherited.doc)
+        merged[name] = spec
+    return merged
 
 
 def check_all(values: dict[str, Any], constraints: dict[str, Constraint]) -> None:

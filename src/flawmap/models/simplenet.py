@@ -15,18 +15,16 @@ Data path (paper §3.1-3.6):
   (eq. 3.15), image score = max of the map (eq. 3.16).
 
 Model selection never looks at test data: the weights of the last epoch are kept (the original
-SimpleNet code keeps the epoch with the best *test* AUROC; we do not).
+SimpleNet code keeps the epoch with the best test-set score; we do not).
 
-Noise scale. The paper's sigma = 0.015 is in the units of WideResNet-50 features embedded in
-1536 dimensions. With ``tf_efficientnet_lite0`` (152 channels, per-channel std 2-4) it is below the
-smallest principal std of the normal features, and the discriminator cannot tell q from q-
-(bottle: training loss stuck near 1). We therefore divide the features by one fitted scalar,
-their RMS per-channel std on the training set (``feature_scaling``, a stored buffer), and express
-``noise_sigma`` in those units. Its default, 0.8, was chosen on training data only:
-``benchmarks/select_on_training.py`` fits on 80 % of train/good of bottle and magnetic
-tile and validates on the other 20 % plus synthetically damaged copies (``flawmap.synth``);
-see ``benchmarks/results/simplenet_noise_sigma_selection.md``. The fake-normal noise of
-TrisimpleNet keeps the paper's ratio sigma' = sigma / 100 unless given.
+Noise scale (deviation). The paper's sigma = 0.015 is in the units of WideResNet-50 features
+embedded in 1536 dimensions; with the default backbone it is below the smallest principal std
+of the normal features, and the discriminator cannot tell q from q-. We therefore divide the
+features by one fitted scalar, their RMS per-channel std on the training set
+(``feature_scaling``, a stored buffer), and express ``noise_sigma`` in those units. Its
+default was chosen on training data only (``benchmarks/select_on_training.py``: a training-only
+split plus synthetically damaged copies; results in ``benchmarks/results/``). The fake-normal
+noise of TrisimpleNet keeps the paper's ratio sigma' = sigma / 100 unless given.
 """
 
 from __future__ import annotations
@@ -42,8 +40,7 @@ from flawmap.backbones import FeatureExtractor
 from flawmap.errors import DataError
 from flawmap.models.base import AnomalyModule, TrainedDetector, register_model
 from flawmap.models.features import check_patch_size, collect_features, local_patch_features
-from flawmap.models.params import Bool, Constraint, Int, NoneOr, Real
-from flawmap.training import TrainingHistory
+from flawmap.models.params import Bool, Int, NoneOr, Real, param
 
 
 def simplenet_loss(
@@ -166,17 +163,17 @@ class SimpleNet(TrainedDetector):
 
     name = "simplenet"
     default_strides = (8, 16)
-    param_constraints: ClassVar[dict[str, Constraint]] = {
-        "embed_dim": NoneOr(Int(1)),
-        "hidden_dim": NoneOr(Int(1)),
-        "patch_size": Int(1, odd=True),
-        "noise_sigma": Real(0.0, low_open=True),
-        "feature_scaling": Bool(),
-        "th_pos": Real(),
-        "th_neg": Real(),
-        "lr": Real(0.0, low_open=True),
-        "weight_decay": Real(0.0),
-    }
+    embed_dim: int | None = param(None, NoneOr(Int(1)))
+    hidden_dim: int | None = param(None, NoneOr(Int(1)))
+    patch_size: int = param(3, Int(1, odd=True))
+    noise_sigma: float = param(0.8, Real(0.0, low_open=True))
+    feature_scaling: bool = param(True, Bool())
+    th_pos: float = param(0.5, Real())
+    th_neg: float = param(0.5, Real())
+    epochs: int = param(40)
+    train_batch_size: int = param(4)
+    lr: float = param(1e-4, Real(0.0, low_open=True))
+    weight_decay: float = param(1e-5, Real(0.0))
     #: The seed paper's schedule (§4.3), for ``--param epochs=160`` style reproduction.
     PAPER_SCHEDULE: ClassVar[dict[str, float]] = {
         "epochs": 160,
@@ -184,36 +181,6 @@ class SimpleNet(TrainedDetector):
         "lr": 1e-4,
         "weight_decay": 1e-5,
     }
-
-    def __init__(
-        self,
-        *,
-        embed_dim: int | None = None,
-        hidden_dim: int | None = None,
-        patch_size: int = 3,
-        noise_sigma: float = 0.8,
-        feature_scaling: bool = True,
-        th_pos: float = 0.5,
-        th_neg: float = 0.5,
-        epochs: int = 40,
-        train_batch_size: int = 4,
-        lr: float = 1e-4,
-        weight_decay: float = 1e-5,
-        **common,
-    ) -> None:
-        super().__init__(**common)
-        self.embed_dim = embed_dim
-        self.hidden_dim = hidden_dim
-        self.patch_size = patch_size
-        self.noise_sigma = noise_sigma
-        self.feature_scaling = feature_scaling
-        self.th_pos = th_pos
-        self.th_neg = th_neg
-        self.epochs = epochs
-        self.train_batch_size = train_batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.history_: TrainingHistory | None = None
 
     def _build_module(self, weights: str) -> SimpleNetModule:
         return SimpleNetModule(
@@ -277,17 +244,8 @@ class TrisimpleNet(SimpleNet):
     """
 
     name = "trisimplenet"
-    param_constraints: ClassVar[dict[str, Constraint]] = {
-        "fake_noise_sigma": NoneOr(Real(0.0)),
-        "alpha": Real(0.0),
-    }
-
-    def __init__(
-        self, *, fake_noise_sigma: float | None = None, alpha: float = 1.0, **kwargs
-    ) -> None:
-        super().__init__(**kwargs)
-        self.fake_noise_sigma = fake_noise_sigma
-        self.alpha = alpha
+    fake_noise_sigma: float | None = param(None, NoneOr(Real(0.0)))
+    alpha: float = param(1.0, Real(0.0))
 
     @property
     def effective_fake_noise_sigma(self) -> float:

@@ -5,6 +5,8 @@ One module per generator family:
 - :mod:`flawmap.synth.perlin`: Perlin-noise masks (DRAEM).
 - :mod:`flawmap.synth.defects`: :class:`DefectSynthesizer`, texture (DRAEM), structural (MemSeg)
   and blur (CSE) defects pasted through Perlin masks.
+- :mod:`flawmap.synth.procedural`: :func:`procedural_texture`, the built-in texture source of
+  texture defects when no texture folder is given.
 - :mod:`flawmap.synth.confetti`: :class:`ConfettiNoise`, FCDD's random coloured rectangles.
 - :mod:`flawmap.synth.cutpaste`: :class:`CutPaste`, a patch of the image pasted elsewhere.
 - :mod:`flawmap.synth.real`: :class:`RealDefects`, real defective images with masks from a folder.
@@ -28,6 +30,7 @@ from flawmap.synth.defects import (
     SyntheticDefect,
 )
 from flawmap.synth.perlin import perlin_mask, perlin_noise
+from flawmap.synth.procedural import procedural_texture
 from flawmap.synth.real import RealDefects, load_anomaly_folder
 
 __all__ = [
@@ -43,4 +46,5 @@ __all__ = [
     "load_anomaly_folder",
     "perlin_mask",
     "perlin_noise",
+    "procedural_texture",
 ]

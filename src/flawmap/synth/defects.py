@@ -4,7 +4,9 @@ Three kinds, each composed as ``out = image * (1 - m) + defect * m`` with a bina
 ``m`` (:func:`flawmap.synth.perlin.perlin_mask`), so pixels outside the mask are exactly the input:
 
 - ``"texture"`` (DRAEM, Zavrtanik et al., ICCV 2021): a random image from a texture folder such as
-  the Describable Textures Dataset (DTD), blended into the image with a random weight.
+  the Describable Textures Dataset (DTD), or without a folder a procedural texture
+  (:func:`flawmap.synth.procedural.procedural_texture`), blended into the image with a random
+  weight.
 - ``"structural"`` (MemSeg, Yang et al., 2023): the image itself cut into a grid of patches that
   are shuffled, flipped and rotated, blended in the same way.
 - ``"blur"`` (CSE): the image blurred with a random Gaussian.
@@ -17,7 +19,6 @@ from __future__ import annotations
 import abc
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from flawmap.data.io import is_image_file, load_image
 from flawmap.errors import ConfigError, DataError
 from flawmap.kernels import gaussian_kernel1d
 from flawmap.synth.perlin import _check_generator, perlin_mask
+from flawmap.synth.procedural import procedural_texture
 
 __all__ = [
     "DEFECT_KINDS",
@@ -311,8 +313,9 @@ class DefectSynthesizer(DefectGenerator):
 
     Args:
         texture_dir: folder of texture images, searched recursively (e.g. DTD's ``dtd/images``).
-            ``None`` drops the ``"texture"`` kind with a warning.
-        kinds: defect kinds to draw from, uniformly; a subset of :data:`DEFECT_KINDS`.
+            ``None`` (the default) uses procedural textures instead, which need no download.
+        kinds: defect kinds to draw from, uniformly; a subset of :data:`DEFECT_KINDS`. Leave
+            out ``"texture"`` for structural and blur defects only (no textures at all).
         blend_range: range of the weight beta of the texture / shuffled patches in the blend
             ``(1 - beta) * image + beta * source``.
         blur_sigma_range: range of the Gaussian sigma (pixels) of blur defects.
@@ -365,21 +368,6 @@ class DefectSynthesizer(DefectGenerator):
         if self.texture_dir is not None and not self.texture_dir.is_dir():
             what = "is not a directory" if self.texture_dir.exists() else "does not exist"
             raise DataError(f"texture folder {self.texture_dir} {what}")
-        if self.texture_dir is None and "texture" in active:
-            active.remove("texture")
-            if not active:
-                raise ConfigError(
-                    "kinds=('texture',) needs texture_dir: pass a folder of texture images "
-                    "(e.g. the Describable Textures Dataset, dtd/images) or add other kinds"
-                )
-            warnings.warn(
-                f"DefectSynthesizer: no texture folder given (texture_dir=None), so only "
-                f"{' and '.join(active)} defects are used. For DRAEM-style texture defects, "
-                f"download the Describable Textures Dataset (DTD) and pass "
-                f"texture_dir='path/to/dtd/images' (any folder of images, searched recursively).",
-                UserWarning,
-                stacklevel=2,
-            )
         self.kinds: tuple[str, ...] = tuple(active)
         self._texture_files: list[Path] | None = None
 
@@ -414,7 +402,10 @@ class DefectSynthesizer(DefectGenerator):
         return self._texture_files
 
     def _texture(self, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
-        """A random texture image resized (bilinear) to (3, H, W) float32 in [0, 1]."""
+        """A random texture image resized (bilinear) to (3, H, W) float32 in [0, 1]; a
+        procedural texture (on the generator's device) when there is no texture folder."""
+        if self.texture_dir is None:
+            return procedural_texture(height, width, generator)
         files = self.texture_files
         pil = load_image(files[_randint(generator, len(files))])
         tex = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)

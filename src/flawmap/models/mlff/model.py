@@ -1,63 +1,38 @@
-"""Multi-level feature fusion network for anomaly detection (seed paper 004), ``mlff``.
+"""MLFF: image anomaly detection with a multi-level feature fusion network (seed paper 004,
+"Image anomaly detection algorithm using multi-level feature fusion network").
 
-Data path (paper §1-2; its formulas were lost in the text we have, the issue's restatement is
+Data path (§1-2; the paper's formulas are lost in the stored text, the definitions below are
 the reference):
 
-- backbone: three stages of strides 4, 8, 16 (default backbone ``tf_efficientnet_lite0``:
-  24, 40 and 112 channels; the paper uses ResNet-50's layer1-3), **frozen** by default
-  (``finetune_stages=0``, see "CPU choices" below);
-- shallow branch: the stride-4 stage is folded onto the stride-8 grid by space-to-depth
-  (``pixel_unshuffle``, 2 x 2 cells -> 4x the channels, nothing averaged away), concatenated
-  with the stride-8 stage and reduced by a 1x1 conv-BN-ReLU to ``texture_channels``; with STL
-  (``"+stl"`` and later) it goes through :class:`~flawmap.models.mlff.modules.STLNet` (TEM with
-  the 1-D QCO, then PTFEM with the 2-D QCO over 1, 2, 4, 8 sub-regions a side);
-- deep branch: the stride-16 stage, 1x1 conv-BN-ReLU to ``semantic_channels``; with
-  self-calibration (``"+sc"`` and later) followed by
-  :class:`~flawmap.models.mlff.modules.SelfCalibratedConv` and a ReLU; then upsampled
+- backbone: three stages of strides 4, 8, 16 (the paper: ResNet-50 layer1-3), frozen by default
+  (``finetune_stages=0``);
+- shallow branch: the stride-4 stage folded onto the stride-8 grid by space-to-depth,
+  concatenated with the stride-8 stage, 1x1 conv-BN-ReLU to ``texture_channels``; with STL,
+  :class:`~flawmap.models.mlff.modules.STLNet` (TEM, then PTFEM over ``ptfem_scales``);
+- deep branch: the stride-16 stage, 1x1 conv-BN-ReLU to ``semantic_channels``, with
+  self-calibration :class:`~flawmap.models.mlff.modules.SelfCalibratedConv` + ReLU, upsampled
   bilinearly to the stride-8 grid;
-- fusion: concatenation, 1x1 conv-BN-ReLU, 1x1 convolution (with bias) to ``feature_dim``
-  channels: psi (B, feature_dim, H/8, W/8);
-- score head (``"+score"`` and later): a fully connected layer (1x1 convolution with bias)
-  psi -> S (B, H/8, W/8) (eq. 9);
-- losses (:mod:`flawmap.models.mlff.losses`): L = alpha L_f + beta L_s + xi L_fs (eq. 8, all
-  1), with L_f the feature-constraint loss (eq. 3-4), L_s the score-constraint loss (eq. 5,
-  gamma = 2.5, lambda = 5) and L_fs the batch consistency loss (eq. 6-7);
-- pseudo-anomalies (§2.1, §3): per epoch the training set is repeated ``repeats`` times
-  (paper 10) and a fixed, seeded ``anomaly_fraction`` of these items (paper's best, Table 3:
-  0.5) is replaced, each time it is drawn, by a fresh pseudo-anomaly: confetti noise
-  (:class:`~flawmap.synth.ConfettiNoise`) or CutPaste (:class:`~flawmap.synth.CutPaste`) with
-  probability 1/2 each; masks go to psi's grid by
-  :func:`~flawmap.models.mlff.losses.downsample_mask` (the fraction of anomalous pixels in each
-  8 x 8 cell: anomalous from ``mask_fraction`` = 0.5 on, normal at 0, ignored in between);
-- scoring (§2.6): the map is S (or, without the score head, the hypersphere distance A of
-  eq. 3), upsampled bilinearly and smoothed by the shared post-processor; the image score is
-  the map's maximum.
+- fusion: concatenation, 1x1 conv-BN-ReLU, 1x1 convolution to psi (B, ``feature_dim``, H/8,
+  W/8); score head: a 1x1 convolution psi -> S (B, H/8, W/8) (eq. 9);
+- loss (eq. 8, :mod:`flawmap.models.mlff.losses`): alpha L_f (eq. 3-4) + beta L_s (eq. 5) +
+  xi L_fs (eq. 6-7);
+- pseudo-anomalies (§2.1): each epoch repeats the training set ``repeats`` times and replaces a
+  fixed, seeded ``anomaly_fraction`` of the items by fresh confetti noise or CutPaste defects
+  (probability 1/2 each); masks go to psi's grid by
+  :func:`~flawmap.models.mlff.losses.downsample_mask` (``mask_fraction``);
+- scoring (§2.6): S (or, without the score head, the hypersphere distance A of eq. 3),
+  upsampled and smoothed; the image score is the map's maximum.
 
-Readings where the paper is silent (details in :mod:`flawmap.models.mlff.losses`): N1, N2 (and
-N_n, N_a) count pixels over the whole batch; in eq. 5 the normal mean S_n is that of the
-anomalous pixel's own image and keeps its gradient; eq. 6 packs psi and S into 2 x 2-cell
-patches (16 x 16 px), keeps the all-normal ones and draws K = 64 of them per image from the
-training generator, takes the softmax of the distance rows as written, and lets its gradient
-reach both psi and S.
+Ablations (Table 4), cumulative, as ``variant``: ``"baseline"`` (L_f only, A as the map),
+``"+sc"``, ``"+stl"``, ``"+score"`` (score head and L_s), ``"full"`` (+ L_fs, default).
+Readings where the paper is silent are documented in :mod:`flawmap.models.mlff.losses`.
 
-Ablations (Table 4), cumulative, as ``variant``: ``"baseline"`` (fused stages, L_f only,
-A as the map), ``"+sc"`` (self-calibration), ``"+stl"`` (STLNet), ``"+score"`` (score head
-and L_s; S as the map), ``"full"`` (+ L_fs, default).
-
-CPU choices (deviations from §3.1, which trains everything, 200 epochs, batch 32, SGD):
-
-- frozen backbone: the backbone features of the good training images are computed once and
-  cached (float16); during training only the pseudo-anomalous images (half of them) go
-  through the backbone, without gradients, and every step trains the fusion network alone.
-  Fine-tuning the last stage (``finetune_stages=1``) is supported and costs more per epoch
-  (every item then goes through the backbone with gradients);
-- psi at stride 8, not 4: STLNet, the losses and the consistency patches run on 32 x 32
-  positions at 256 px instead of 64 x 64 (about 4x cheaper); the stride-4 details are kept by
-  space-to-depth rather than pooled away;
-- SGD momentum 0.9 (the paper states only SGD, lr 1e-3 and the decay 3e-5, read as weight
-  decay); the last epoch is kept (no test data is ever looked at);
-- schedule: ``epochs`` (CPU default below) of ``repeats`` passes; the paper's 200 are
-  :attr:`MLFF.PAPER_SCHEDULE`.
+Deviations (§3.1 trains everything for 200 epochs with SGD): the backbone is frozen and the
+features of the good training images are cached, so only pseudo-anomalies run the backbone
+during training (``finetune_stages=1`` fine-tunes the last stage); psi is at stride 8, not 4,
+with the stride-4 details kept by space-to-depth; SGD momentum 0.9 (unstated in the paper)
+and the decay 3e-5 read as weight decay; the last epoch is kept; a CPU schedule by default
+(the paper's is :attr:`MLFF.PAPER_SCHEDULE`).
 """
 
 from __future__ import annotations
@@ -83,9 +58,8 @@ from flawmap.models.mlff.losses import (
     score_constraint_loss,
 )
 from flawmap.models.mlff.modules import SelfCalibratedConv, STLNet, conv_bn
-from flawmap.models.params import Constraint, Int, OneOf, Real, Seq
+from flawmap.models.params import Int, OneOf, Real, Seq, param
 from flawmap.synth import ConfettiNoise, CutPaste, RandomChoice
-from flawmap.training import TrainingHistory
 
 __all__ = ["MLFF", "VARIANTS", "FusionWidths", "MLFFModule", "MLFFNet", "Variant"]
 
@@ -112,15 +86,16 @@ VARIANTS: dict[str, Variant] = {
 
 @dataclass(frozen=True)
 class FusionWidths:
-    """Widths of :class:`MLFFNet`; the :class:`MLFF` parameters of the same names."""
+    """Widths of :class:`MLFFNet`: the :class:`MLFF` parameters of the same names (declared,
+    with their defaults and rules, there only)."""
 
-    texture_channels: int = 64
-    semantic_channels: int = 128
-    feature_dim: int = 64
-    tem_levels: int = 128
-    ptfem_levels: int = 8
-    ptfem_scales: tuple[int, ...] = (1, 2, 4, 8)
-    sc_pool: int = 4
+    texture_channels: int
+    semantic_channels: int
+    feature_dim: int
+    tem_levels: int
+    ptfem_levels: int
+    ptfem_scales: tuple[int, ...]
+    sc_pool: int
 
     @classmethod
     def of(cls, params: Any) -> FusionWidths:
@@ -141,7 +116,7 @@ class MLFFNet(nn.Module):
         channels: tuple[int, int, int],
         strides: tuple[int, int, int],
         variant: Variant,
-        widths: FusionWidths = FusionWidths(),
+        widths: FusionWidths,
     ) -> None:
         super().__init__()
         c1, c2, c3 = channels
@@ -211,11 +186,10 @@ class MLFF(TrainedDetector):
     Args:
         variant: ablation of Table 4, one of ``"baseline"``, ``"+sc"``, ``"+stl"``,
             ``"+score"``, ``"full"`` (default; see the module docstring).
-        epochs: training epochs of ``repeats`` passes each (CPU default 4; paper 200,
-            ``PAPER_SCHEDULE``). An epoch costs one forward and backward pass of the fusion
+        epochs: training epochs of ``repeats`` passes each (CPU default; the paper's schedule
+            is ``PAPER_SCHEDULE``). An epoch costs one forward and backward pass of the fusion
             network per item plus one backbone pass per pseudo-anomaly; ``history_`` holds the
-            loss and wall-clock seconds of every epoch after ``fit`` (times and the effect of
-            more epochs: BENCHMARKS.md).
+            loss and wall-clock seconds of every epoch after ``fit``.
         repeats: passes over the training set per epoch (paper: 10).
         anomaly_fraction: fraction of each epoch's items that are pseudo-anomalies (paper's best,
             Table 3: 0.5).
@@ -237,30 +211,30 @@ class MLFF(TrainedDetector):
 
     name = "mlff"
     default_strides = (4, 8, 16)
-    param_constraints: ClassVar[dict[str, Constraint]] = {
-        "variant": OneOf(*VARIANTS),
-        "repeats": Int(1),
-        "anomaly_fraction": Real(0.0, 1.0),
-        "lr": Real(0.0, low_open=True),
-        "momentum": Real(0.0),
-        "weight_decay": Real(0.0),
-        "finetune_stages": Int(0),
-        "texture_channels": Int(1),
-        "semantic_channels": Int(1),
-        "feature_dim": Int(1),
-        "tem_levels": Int(2),
-        "ptfem_levels": Int(2),
-        "ptfem_scales": Seq(Int(1)),
-        "sc_pool": Int(1),
-        "gamma": Real(),
-        "lam": Real(0.0),
-        "alpha": Real(0.0),
-        "beta": Real(0.0),
-        "xi": Real(0.0),
-        "mask_fraction": Real(0.0, 1.0, low_open=True),
-        "consistency_patch": Int(1),
-        "consistency_positions": Int(2),
-    }
+    variant: str = param("full", OneOf(*VARIANTS))
+    epochs: int = param(4)
+    repeats: int = param(10, Int(1))
+    anomaly_fraction: float = param(0.5, Real(0.0, 1.0))
+    train_batch_size: int = param(32)
+    lr: float = param(1e-3, Real(0.0, low_open=True))
+    momentum: float = param(0.9, Real(0.0))
+    weight_decay: float = param(3e-5, Real(0.0))
+    finetune_stages: int = param(0, Int(0))
+    texture_channels: int = param(64, Int(1))
+    semantic_channels: int = param(128, Int(1))
+    feature_dim: int = param(64, Int(1))
+    tem_levels: int = param(128, Int(2))
+    ptfem_levels: int = param(8, Int(2))
+    ptfem_scales: tuple[int, ...] = param((1, 2, 4, 8), Seq(Int(1)))
+    sc_pool: int = param(4, Int(1))
+    gamma: float = param(2.5, Real())
+    lam: float = param(5.0, Real(0.0))
+    alpha: float = param(1.0, Real(0.0))
+    beta: float = param(1.0, Real(0.0))
+    xi: float = param(1.0, Real(0.0))
+    mask_fraction: float = param(0.5, Real(0.0, 1.0, low_open=True))
+    consistency_patch: int = param(2, Int(1))
+    consistency_positions: int = param(64, Int(2))
     #: The seed paper's schedule (§3, §3.1), for ``--param epochs=200`` style reproduction.
     PAPER_SCHEDULE: ClassVar[dict[str, float]] = {
         "epochs": 200,
@@ -271,62 +245,6 @@ class MLFF(TrainedDetector):
         "weight_decay": 3e-5,
         "image_size": 256,
     }
-
-    def __init__(
-        self,
-        *,
-        variant: str = "full",
-        epochs: int = 4,
-        repeats: int = 10,
-        anomaly_fraction: float = 0.5,
-        train_batch_size: int = 32,
-        lr: float = 1e-3,
-        momentum: float = 0.9,
-        weight_decay: float = 3e-5,
-        finetune_stages: int = 0,
-        texture_channels: int = 64,
-        semantic_channels: int = 128,
-        feature_dim: int = 64,
-        tem_levels: int = 128,
-        ptfem_levels: int = 8,
-        ptfem_scales: tuple[int, ...] = (1, 2, 4, 8),
-        sc_pool: int = 4,
-        gamma: float = 2.5,
-        lam: float = 5.0,
-        alpha: float = 1.0,
-        beta: float = 1.0,
-        xi: float = 1.0,
-        mask_fraction: float = 0.5,
-        consistency_patch: int = 2,
-        consistency_positions: int = 64,
-        **common,
-    ) -> None:
-        super().__init__(**common)
-        self.variant = variant
-        self.epochs = epochs
-        self.repeats = repeats
-        self.anomaly_fraction = anomaly_fraction
-        self.train_batch_size = train_batch_size
-        self.lr = lr
-        self.momentum = momentum
-        self.weight_decay = weight_decay
-        self.finetune_stages = finetune_stages
-        self.texture_channels = texture_channels
-        self.semantic_channels = semantic_channels
-        self.feature_dim = feature_dim
-        self.tem_levels = tem_levels
-        self.ptfem_levels = ptfem_levels
-        self.ptfem_scales = ptfem_scales
-        self.sc_pool = sc_pool
-        self.gamma = gamma
-        self.lam = lam
-        self.alpha = alpha
-        self.beta = beta
-        self.xi = xi
-        self.mask_fraction = mask_fraction
-        self.consistency_patch = consistency_patch
-        self.consistency_positions = consistency_positions
-        self.history_: TrainingHistory | None = None
 
     # ----------------------------------------------------------------- building
     def _build_module(self, weights: str) -> MLFFModule:

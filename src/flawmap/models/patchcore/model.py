@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from flawmap.backbones import FeatureExtractor
 from flawmap.errors import DataError
 from flawmap.models.base import AnomalyModule, Detector, register_model
 from flawmap.models.features import check_patch_size, collect_features, local_patch_features
-from flawmap.models.params import Constraint, Int, NoneOr, OneOf, Real
+from flawmap.models.params import Int, NoneOr, OneOf, Real, param
 from flawmap.models.patchcore.sampler import GreedyCoresetSampler, RandomSampler
 from flawmap.models.patchcore.search import BruteForceSearch, ClusterPrunedSearch
 
@@ -80,10 +80,9 @@ class PatchCoreModule(AnomalyModule):
         emb = self.embed(images)
         b, d, h, w = emb.shape
         queries = np.ascontiguousarray(emb.permute(0, 2, 3, 1).reshape(-1, d).float().numpy())
-        # Small banks: one BLAS thread. OpenBLAS's spinning workers and torch's OpenMP workers
-        # otherwise fight over the cores at every hand-over (bottle, 19k entries, 2 cores:
-        # 100 -> 42 ms per image). Large banks are searched by big GEMMs that need every thread
-        # (magnetic tile, 70k entries: 206 ms with two threads, 313 ms with one).
+        # Small banks: one BLAS thread (OpenBLAS's spinning workers and torch's OpenMP workers
+        # otherwise fight over the cores at every hand-over); large banks are searched by big
+        # GEMMs that need every thread (measurements: BENCHMARKS.md).
         blas_threads = 1 if len(self.memory_bank) <= SMALL_BANK else None
         with threadpool_limits(limits=blas_threads, user_api="blas"):
             distances, _ = self.index().query(queries)
@@ -106,30 +105,11 @@ class PatchCore(Detector):
 
     name = "patchcore"
     default_strides = (8, 16)
-    param_constraints: ClassVar[dict[str, Constraint]] = {
-        "coreset_ratio": Real(0.0, 1.0, low_open=True),
-        "coreset_sampler": OneOf("greedy", "random"),
-        "projection_dim": NoneOr(Int(1)),
-        "patch_size": Int(1, odd=True),
-        "search": OneOf("pruned", "brute_force"),
-    }
-
-    def __init__(
-        self,
-        *,
-        coreset_ratio: float = 0.1,
-        coreset_sampler: Literal["greedy", "random"] = "greedy",
-        projection_dim: int | None = 128,
-        patch_size: int = 3,
-        search: SearchName = "pruned",
-        **common,
-    ) -> None:
-        super().__init__(**common)
-        self.coreset_ratio = coreset_ratio
-        self.coreset_sampler = coreset_sampler
-        self.projection_dim = projection_dim
-        self.patch_size = patch_size
-        self.search = search
+    coreset_ratio: float = param(0.1, Real(0.0, 1.0, low_open=True))
+    coreset_sampler: Literal["greedy", "random"] = param("greedy", OneOf("greedy", "random"))
+    projection_dim: int | None = param(128, NoneOr(Int(1)))
+    patch_size: int = param(3, Int(1, odd=True))
+    search: SearchName = param("pruned", OneOf("pruned", "brute_force"))
 
     def _build_module(self, weights: str) -> PatchCoreModule:
         return PatchCoreModule(
