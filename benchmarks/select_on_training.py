@@ -5,11 +5,11 @@ for every candidate value of ``--param``; it is scored on the held-out good imag
 synthetically damaged copy of each (:class:`flawmap.evaluation.synthetic.SyntheticValidationSet`).
 The validation defects come from ``--validation-defects`` (recorded in every row):
 
-- ``structural+blur`` (default): MemSeg-style shuffled patches and Gaussian blur through Perlin
-  masks; no texture source, so no texture source a model trains on is favoured;
+- ``dtd`` (default, and what every selection in BENCHMARKS.md used): texture (``--textures``,
+  default ``DATASETS/dtd``), structural and blur defects; it favours models trained on DTD
+  textures, so compare texture sources with ``cutpaste`` or ``structural+blur``;
+- ``structural+blur``: MemSeg-style shuffled patches and Gaussian blur through Perlin masks;
 - ``cutpaste``: a patch of the image pasted elsewhere (CutPaste);
-- ``dtd``: texture (``--textures``, default ``DATASETS/dtd``), structural and blur defects, the
-  source used before the source was made explicit (favours models trained on DTD textures);
 - ``procedural``: procedural texture, structural and blur defects.
 
 The selected value maximises the mean over categories of (validation image AUROC + validation
@@ -56,7 +56,7 @@ def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", default=str(DEFAULT_DATASETS))
     parser.add_argument(
         "--validation-defects",
-        default="structural+blur",
+        default="dtd",
         choices=VALIDATION_DEFECTS,
         help="synthetic defects of the validation images (recorded in every row)",
     )

@@ -13,7 +13,7 @@ import torch
 
 from flawmap.synth import CutPaste, DefectSynthesizer
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-COMMON = Path(__file__).resolve().parents[2] / "benchmarks" / "common.py"
+COMMON = Path(__file__).resolve().parents[3] / "benchmarks" / "common.py"
 
 
 @pytest.fixture(scope="module")
