@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from common import subprocess_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASETS = ROOT.parent / "shared" / "datasets"
@@ -82,13 +83,7 @@ def record(args: argparse.Namespace) -> None:
         print(f"== {model}", flush=True)
         cmd = [sys.executable, __file__, "_one", model, "--datasets", str(args.datasets)]
         cmd += ["--threads", str(args.threads)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            sys.stderr.write(proc.stdout + proc.stderr)
-            raise SystemExit(f"{model} failed")
-        rows[model] = json.loads(lines[-1][len("RESULT ") :])
+        rows[model] = subprocess_result(cmd, args.threads, model)
         rows[model]["git_head"] = _git_head()
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")

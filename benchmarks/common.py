@@ -141,12 +141,18 @@ def run_in_subprocess(
     for flag in ("datasets", "backbone", "image_size", "threads", "out"):
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     cmd += ["--params", args.params if params is None else json.dumps(params)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    return subprocess_result(cmd, args.threads, f"{model} on {category} (seed {seed})")
+
+
+def subprocess_result(cmd: list[str], threads: int, what: str) -> dict[str, Any]:
+    """Run ``cmd`` with ``OMP_NUM_THREADS=threads`` and parse its last ``RESULT {json}`` line;
+    on failure its output goes to stderr and the benchmark stops, naming ``what``."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"{model} on {category} (seed {seed}) failed")
+        raise SystemExit(f"{what} failed")
     return json.loads(lines[-1][len("RESULT ") :])
 
 
