@@ -29,19 +29,38 @@ __all__ = [
     "FolderLock",
     "atomic_write",
     "check_output_folder",
+    "nearest_existing",
     "output_paths",
     "unique_paths",
+    "unwritable_reason",
     "write_text_atomic",
 ]
 
 LOCK_FILE = ".flawmap.lock"
 
 
-def _nearest_existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its closest existing ancestor."""
     current = path.absolute()
     while not current.exists() and current != current.parent:
         current = current.parent
     return current
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """Why no file can be created in the existing folder ``folder``, or None when one can.
+
+    A short-lived probe file is created and removed, so read-only mounts and permissions are seen
+    as they are, also for root (``os.access`` says yes to root everywhere).
+    """
+    probe = folder / f".flawmap-probe-{uuid.uuid4().hex[:12]}"
+    try:
+        probe.touch(exist_ok=False)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    with contextlib.suppress(OSError):
+        probe.unlink()
+    return None
 
 
 def check_output_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
@@ -60,20 +79,15 @@ def check_output_folder(path: str | os.PathLike[str], option: str = "--out") -> 
         raise ConfigError(
             f"{option} {path} is a file, not a folder: choose a folder (it is created if missing)"
         )
-    existing = _nearest_existing(out)
+    existing = nearest_existing(out)
     if not existing.is_dir():
         raise ConfigError(f"cannot create {option} folder {path}: {existing} is a file")
-    probe = existing / f".flawmap-probe-{uuid.uuid4().hex[:12]}"
-    try:
-        probe.touch(exist_ok=False)
-    except OSError as exc:
-        why = exc.strerror or type(exc).__name__
+    why = unwritable_reason(existing)
+    if why is not None:
         raise ConfigError(
             f"{option} folder {path} cannot be written ({existing}: {why}): choose another "
             "folder or fix its permissions"
-        ) from None
-    with contextlib.suppress(OSError):
-        probe.unlink()
+        )
     return out
 
 

@@ -153,13 +153,17 @@ def test_a_read_only_parent_is_refused(tmp_path: Path) -> None:
 def test_a_parent_that_cannot_be_written_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the same check as above, for a root user: os.access says what the permissions allow
+    # the same check as above, for a root user: creating the probe file in it fails
     locked = tmp_path / "locked"
     locked.mkdir()
-    real_access = os.access
-    monkeypatch.setattr(
-        os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
-    )
+    real_touch = Path.touch
+
+    def touch(self: Path, *args: object, **kwargs: object) -> None:
+        if self.parent == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        real_touch(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "touch", touch)
     with pytest.raises(ConfigError, match=r"locked is not writable") as info:
         check_save_target(locked / "new" / "model")
     assert str(locked / "new" / "model") in str(info.value)

@@ -38,6 +38,7 @@ from flawmap.models.base import (
     model_class,
 )
 from flawmap.models.params import describe_changes
+from flawmap.outputs import nearest_existing, unwritable_reason
 
 __all__ = ["check_save_target", "load_model", "save_detector"]
 
@@ -108,9 +109,7 @@ def check_save_target(directory: str | Path, overwrite: bool = False) -> Path:
             )
         _check_writable(path.parent.resolve(), directory)
         return path
-    ancestor = path.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
+    ancestor = nearest_existing(path.parent)
     if not ancestor.is_dir():
         raise ConfigError(f"cannot create {directory}: {ancestor} is a file, not a folder")
     _check_writable(ancestor, directory)
@@ -118,9 +117,11 @@ def check_save_target(directory: str | Path, overwrite: bool = False) -> Path:
 
 
 def _check_writable(folder: Path, directory: str | Path) -> None:
-    if not os.access(folder, os.W_OK | os.X_OK):
+    """The model is written into a sibling folder of ``directory``, created in ``folder``."""
+    why = unwritable_reason(folder)
+    if why is not None:
         raise ConfigError(
-            f"cannot write the model to {directory}: {folder} is not writable; "
+            f"cannot write the model to {directory}: {folder} is not writable ({why}); "
             "choose another output folder"
         )
 
