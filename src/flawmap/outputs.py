@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 
 from flawmap.errors import ConfigError
+from flawmap.interrupts import HeldInterrupts
 
 try:
     import fcntl
@@ -108,6 +111,116 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
             temporary.unlink()
         raise
     return target
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or folder's) data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_synced(path: Path, payload: object) -> None:
+    """Write ``payload`` as indented JSON to ``path`` and flush it to disk."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(payload, indent=2) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def check_folder_target(
+    directory: str | os.PathLike[str],
+    overwrite: bool,
+    is_own: Callable[[str], bool],
+    what: str,
+) -> Path:
+    """Check that a folder of kind ``what`` (``"model"``, ``"export"``) can be written to
+    ``directory`` by :func:`write_folder_atomic`.
+
+    Accepted: a new folder (its nearest existing parent must be a writable folder), an empty
+    folder, or, with ``overwrite``, a folder whose every entry ``is_own(name)`` recognises as
+    one of ours. Refused with a :class:`ConfigError` naming the path: a file, a folder that cannot
+    be written, a folder holding other files (never deleted), one of ours without
+    ``overwrite``. Creates nothing. Returns the folder to write (a symlink is followed).
+    """
+    path = Path(directory).expanduser()
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{directory} is a file, not a folder: choose another output folder")
+    if path.is_dir():
+        entries = sorted(p.name for p in path.iterdir())
+        others = [name for name in entries if not is_own(name)]
+        if others:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise ConfigError(
+                f"{directory} is not empty and is not a flawmap {what} folder (it holds {shown}): "
+                "choose a new or empty folder (flawmap never deletes files it did not write)"
+            )
+        if entries and not overwrite:
+            raise ConfigError(
+                f"{directory} already holds a {what}: pass --overwrite (command line) or "
+                "overwrite=True (Python) to replace it, or choose another folder"
+            )
+        _check_folder_writable(path.parent.resolve(), directory, what)
+        return path
+    ancestor = nearest_existing(path.parent)
+    if not ancestor.is_dir():
+        raise ConfigError(f"cannot create {directory}: {ancestor} is a file, not a folder")
+    _check_folder_writable(ancestor, directory, what)
+    return path
+
+
+def _check_folder_writable(folder: Path, directory: str | os.PathLike[str], what: str) -> None:
+    """The folder is written as a sibling of ``directory``, created in ``folder``."""
+    why = unwritable_reason(folder)
+    if why is not None:
+        raise ConfigError(
+            f"cannot write the {what} to {directory}: {folder} is not writable ({why}); "
+            "choose another output folder"
+        )
+
+
+def write_folder_atomic(target: Path, write: Callable[[Path], object]) -> None:
+    """Fill a hidden sibling folder of ``target`` with ``write(staging)``, flush it, and swap
+    it into place: ``target`` always holds either the old folder or the complete new one.
+
+    An existing ``target`` is moved aside first and deleted after, or moved back when the
+    rename fails; a Ctrl-C waits until both renames ran. The staging folder is removed when
+    ``write`` fails or is interrupted.
+    """
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = parent / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    try:
+        write(staging)
+        fsync_path(staging)
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    old = None
+    with HeldInterrupts():
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+            os.rename(target, old)
+            try:
+                os.rename(staging, target)
+            except BaseException:
+                os.rename(old, target)
+                raise
+        else:
+            os.rename(staging, target)
+    with contextlib.suppress(OSError):
+        fsync_path(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

@@ -9,12 +9,9 @@ The weights file's metadata records the model, the format version, a random fit 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import numbers
-import os
-import shutil
 import typing
 import uuid
 import warnings
@@ -25,7 +22,6 @@ import torch
 
 import flawmap
 from flawmap.errors import ConfigError, DataError, FlawmapWarning
-from flawmap.interrupts import HeldInterrupts
 from flawmap.models.base import (
     CONFIG_FILE,
     FORMAT,
@@ -38,7 +34,12 @@ from flawmap.models.base import (
     model_class,
 )
 from flawmap.models.params import describe_changes
-from flawmap.outputs import nearest_existing, unwritable_reason
+from flawmap.outputs import (
+    check_folder_target,
+    fsync_path,
+    write_folder_atomic,
+    write_json_synced,
+)
 
 __all__ = ["check_save_target", "load_model", "save_detector"]
 
@@ -88,42 +89,9 @@ def check_save_target(directory: str | Path, overwrite: bool = False) -> Path:
     a folder holding other files (never deleted), a model folder without ``overwrite``. Creates
     nothing. Returns the folder to write (a symlink is followed).
     """
-    path = Path(directory).expanduser()
-    if path.is_symlink():
-        path = path.resolve()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{directory} is a file, not a folder: choose another output folder")
-    if path.is_dir():
-        entries = sorted(p.name for p in path.iterdir())
-        others = [name for name in entries if name not in (CONFIG_FILE, WEIGHTS_FILE)]
-        if others:
-            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-            raise ConfigError(
-                f"{directory} is not empty and is not a flawmap model folder (it holds {shown}): "
-                "choose a new or empty folder (flawmap never deletes files it did not write)"
-            )
-        if entries and not overwrite:
-            raise ConfigError(
-                f"{directory} already holds a model: pass --overwrite (command line) or "
-                "overwrite=True (Python) to replace it, or choose another folder"
-            )
-        _check_writable(path.parent.resolve(), directory)
-        return path
-    ancestor = nearest_existing(path.parent)
-    if not ancestor.is_dir():
-        raise ConfigError(f"cannot create {directory}: {ancestor} is a file, not a folder")
-    _check_writable(ancestor, directory)
-    return path
-
-
-def _check_writable(folder: Path, directory: str | Path) -> None:
-    """The model is written into a sibling folder of ``directory``, created in ``folder``."""
-    why = unwritable_reason(folder)
-    if why is not None:
-        raise ConfigError(
-            f"cannot write the model to {directory}: {folder} is not writable ({why}); "
-            "choose another output folder"
-        )
+    return check_folder_target(
+        directory, overwrite, {CONFIG_FILE, WEIGHTS_FILE}.__contains__, "model"
+    )
 
 
 def _state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -136,65 +104,26 @@ def _state_digest(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file's (or folder's) data to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_model_folder(
     target: Path,
     config: dict[str, Any],
     state: dict[str, torch.Tensor],
     metadata: dict[str, str],
 ) -> None:
-    """Write both files into a hidden sibling of ``target``, then swap it into place.
+    """Write both files into a hidden sibling of ``target``, then swap it into place
+    (:func:`~flawmap.outputs.write_folder_atomic`).
 
     The weights are written first and ``config.json`` last, so a leftover temporary folder
     (a killed process) never holds a config without its complete weights.
     """
     from safetensors.torch import save_file
 
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = parent / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
-    try:
+    def write(staging: Path) -> None:
         save_file(state, str(staging / WEIGHTS_FILE), metadata=metadata)
-        _fsync(staging / WEIGHTS_FILE)
-        with open(staging / CONFIG_FILE, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(config, indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        _fsync(staging)
-        _swap_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        fsync_path(staging / WEIGHTS_FILE)
+        write_json_synced(staging / CONFIG_FILE, config)
 
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``; an existing ``target`` is moved aside first and
-    deleted after, or moved back when the rename fails. A Ctrl-C waits until both renames ran."""
-    old = None
-    with HeldInterrupts():
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
-            os.rename(target, old)
-            try:
-                os.rename(staging, target)
-            except BaseException:
-                os.rename(old, target)
-                raise
-        else:
-            os.rename(staging, target)
-    with contextlib.suppress(OSError):
-        _fsync(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    write_folder_atomic(target, write)
 
 
 def load_model(directory: str | Path) -> Detector:
