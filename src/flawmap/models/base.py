@@ -140,6 +140,63 @@ class AnomalyModule(nn.Module, abc.ABC):
         h, w = images.shape[-2:]
         return self.postprocess(self.patch_scores(images), (int(h), int(w)), upsample=self.upsample)
 
+    def export_plan(self, image_size: tuple[int, int]) -> ExportPlan:
+        """How this module runs outside torch (:mod:`flawmap.export`): by default its whole
+        ``forward`` is one graph, images (B, 3, H, W) -> (scores (B,), maps (B, H, W)).
+
+        A module whose scoring cannot be one graph (a memory-bank search) overrides this.
+        """
+        example = torch.zeros(1, 3, *image_size)
+        return ExportPlan("graph", {"network": GraphPart(self, example, ("scores", "maps"))})
+
+
+@dataclass(frozen=True)
+class GraphPart:
+    """One graph of an export: ``module(example)`` is traced; ``outputs`` names its results."""
+
+    module: nn.Module
+    example: torch.Tensor
+    outputs: tuple[str, ...]
+
+
+@dataclass
+class ExportPlan:
+    """The graphs (and arrays) that reproduce a fitted module outside torch.
+
+    ``head``:
+
+    - ``"graph"``: ``graphs["network"]``: images (B, 3, H, W) in [0, 1] -> scores (B,), maps
+      (B, H, W);
+    - ``"nearest_neighbour"``: ``graphs["embed"]``: images -> patch features (B, h, w, D); the
+      runtime finds each patch's Euclidean distance to its nearest row of
+      ``arrays["memory_bank"]`` (M, D) (PatchCore eq. 6); ``graphs["postprocess"]``: those
+      distances (B, 1, h, w) -> scores (B,), maps (B, H, W).
+    """
+
+    head: str
+    graphs: dict[str, GraphPart]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class PostprocessGraph(nn.Module):
+    """A module's post-processing alone, as a graph: patch scores (B, 1, h, w) -> (scores,
+    maps (B, H, W)) at the fixed output size ``(H, W)``."""
+
+    def __init__(self, module: AnomalyModule, output_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.postprocess = module.postprocess
+        self.upsample = module.upsample
+        self.output_size = output_size
+
+    def forward(self, patch_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.postprocess(patch_scores, self.output_size, upsample=self.upsample)
+
+
+def is_tracing() -> bool:
+    """True while torch traces a module for export (TorchScript or ``torch.export``): code
+    that leaves torch (numpy, numba) must then take its pure-torch path."""
+    return bool(torch.jit.is_tracing() or torch.compiler.is_exporting())
+
 
 class _TensorImages(Dataset):
     """(N, 3, H, W) images in [0, 1] seen as a flawmap dataset; see :func:`as_dataset`."""

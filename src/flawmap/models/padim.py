@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from flawmap.backbones import FeatureExtractor
 from flawmap.errors import ConfigError, DataError
 from flawmap.interrupts import interrupt_safe
-from flawmap.models.base import AnomalyModule, Detector, register_model
+from flawmap.models.base import AnomalyModule, Detector, is_tracing, register_model
 from flawmap.models.features import collect_features, concat_on_finest_grid
 from flawmap.models.params import Int, Real, param
 
@@ -100,6 +100,9 @@ class PadimModule(AnomalyModule):
                 f"{h}x{w}; use the image size the model was fitted with"
             )
         delta = emb.flatten(2).permute(2, 0, 1) - self.mean[:, None, :]  # (P, B, d)
+        if is_tracing():  # the same quadratic form in graph ops, for export
+            squared_t = ((delta @ self.inv_covariance) * delta).sum(-1)  # (P, B)
+            return squared_t.clamp_min(0).sqrt().T.reshape(b, 1, h, w)
         squared = _within_torch_threads(
             _mahalanobis_squared,
             np.ascontiguousarray(delta.float().numpy()),

@@ -26,7 +26,14 @@ from torch.utils.data import Dataset
 
 from flawmap.backbones import FeatureExtractor
 from flawmap.errors import DataError
-from flawmap.models.base import AnomalyModule, Detector, register_model
+from flawmap.models.base import (
+    AnomalyModule,
+    Detector,
+    ExportPlan,
+    GraphPart,
+    PostprocessGraph,
+    register_model,
+)
 from flawmap.models.features import check_patch_size, collect_features, local_patch_features
 from flawmap.models.params import Int, NoneOr, OneOf, Real, param
 from flawmap.models.patchcore.sampler import GreedyCoresetSampler, RandomSampler
@@ -76,6 +83,25 @@ class PatchCoreModule(AnomalyModule):
             self._index_key = key
         return self._index
 
+    def export_plan(self, image_size: tuple[int, int]) -> ExportPlan:
+        """The network to the patch features (``embed``), the memory bank, and the
+        post-processing; the nearest-neighbour search runs in the exporting runtime."""
+        if self.memory_bank.shape[0] == 0:
+            raise DataError("the memory bank is empty: fit the model first")
+        example = torch.zeros(1, 3, *image_size)
+        with torch.no_grad():
+            grid = tuple(self.embed(example).shape[-2:])
+        return ExportPlan(
+            "nearest_neighbour",
+            {
+                "embed": GraphPart(_PatchFeatures(self), example, ("patches",)),
+                "postprocess": GraphPart(
+                    PostprocessGraph(self, image_size), torch.zeros(1, 1, *grid), ("scores", "maps")
+                ),
+            },
+            {"memory_bank": self.memory_bank.numpy().copy()},
+        )
+
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
         emb = self.embed(images)
         b, d, h, w = emb.shape
@@ -87,6 +113,17 @@ class PatchCoreModule(AnomalyModule):
         with threadpool_limits(limits=blas_threads, user_api="blas"):
             distances, _ = self.index().query(queries)
         return torch.from_numpy(distances).view(b, 1, h, w)
+
+
+class _PatchFeatures(torch.nn.Module):
+    """images (B, 3, H, W) -> patch features (B, h, w, D), the search's queries."""
+
+    def __init__(self, module: PatchCoreModule) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module.embed(images).permute(0, 2, 3, 1)
 
 
 @register_model

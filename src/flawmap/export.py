@@ -1,0 +1,294 @@
+"""Export a fitted model to ONNX or OpenVINO for :mod:`flawmap.runtime` (no torch needed there).
+
+``export_model(model, out, format=..., precision=...)`` traces the graphs of the module's
+:meth:`~flawmap.models.base.AnomalyModule.export_plan` to ONNX (opset 17), then:
+
+- ``onnx``: ``fp32`` as traced; ``int8``: ONNX Runtime static quantisation (QDQ, per-channel
+  int8 weights, uint8 activations) of the convolutions, calibrated on good training images;
+  ``bf16`` is refused (ONNX Runtime's CPU kernels have no bf16 convolutions);
+- ``openvino``: the ONNX graph converted to OpenVINO IR with fp32 weights; ``bf16`` is an
+  inference precision the runtime asks OpenVINO for (AMX/AVX-512 BF16 where the CPU has them);
+  ``int8``: NNCF post-training quantisation of the convolutions, calibrated on good training
+  images.
+
+The threshold, the pre-processing and the model's parameters are written as plain JSON files
+beside the graphs (:mod:`flawmap.runtime.format`), never into a graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+import flawmap
+from flawmap.errors import ConfigError, DataError
+from flawmap.models.base import Detector, ExportPlan, _jsonable
+from flawmap.outputs import check_folder_target, write_folder_atomic, write_json_synced
+from flawmap.runtime.format import (
+    BACKENDS,
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    MODEL_FILE,
+    PRECISIONS,
+    PREPROCESS_FILE,
+    RESIZE_RULE,
+    THRESHOLD_FILE,
+    file_sha256,
+    is_export_file,
+)
+
+__all__ = ["CALIBRATION_IMAGES", "check_export_options", "export_model"]
+
+OPSET = 17
+#: Good training images used to calibrate int8 quantisation (a seeded random subset).
+CALIBRATION_IMAGES = 64
+#: Graph input names, by graph.
+_INPUTS = {"network": "images", "embed": "images", "postprocess": "patch_scores"}
+
+
+def check_export_options(format: str, precision: str) -> None:
+    """ConfigError for an unknown format or precision, or a combination with no fast kernels."""
+    if format not in BACKENDS:
+        raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if format == "onnx" and precision == "bf16":
+        raise ConfigError(
+            "ONNX Runtime's CPU provider has no bf16 convolution kernels, so a bf16 ONNX graph "
+            "would run slower than fp32: use --format openvino --precision bf16, or "
+            "--format onnx --precision fp32|int8"
+        )
+
+
+def export_model(
+    model: Detector,
+    out: str | Path,
+    *,
+    format: str = "onnx",
+    precision: str = "fp32",
+    calibration: Dataset | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Write an export folder of the fitted ``model`` to ``out`` (atomically).
+
+    Args:
+        format: ``"onnx"`` or ``"openvino"``.
+        precision: ``"fp32"``, ``"bf16"`` (OpenVINO) or ``"int8"``.
+        calibration: int8 only: good training images (a flawmap dataset built with
+            ``model.transform``); at most :data:`CALIBRATION_IMAGES` of them, drawn with ``seed``.
+        overwrite: replace an export already in ``out``.
+
+    Raises:
+        ConfigError: bad options, an int8 export without calibration images, or ``out``
+            unusable (see :func:`flawmap.outputs.check_folder_target`).
+        NotFittedError: ``model`` is not fitted.
+    """
+    check_export_options(format, precision)
+    module = model.module
+    if precision == "int8" and calibration is None:
+        raise ConfigError(
+            "int8 export needs calibration images: pass the good training images "
+            "(command line: --data CATEGORY, whose train/good images are used)"
+        )
+    target = check_folder_target(out, overwrite, is_export_file, "export")
+    size = model.transform.output_size
+    plan = module.export_plan(size)
+    samples = _calibration_batches(model, calibration, seed) if precision == "int8" else None
+
+    def write(staging: Path) -> None:
+        files = _write_graphs(plan, staging, format, precision, samples)
+        for name, array in plan.arrays.items():
+            np.save(staging / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+        arrays = {name: f"{name}.npy" for name in plan.arrays}
+        written = sorted(p.name for p in staging.iterdir() if p.is_file())
+        meta = {
+            "format": EXPORT_FORMAT,
+            "format_version": EXPORT_VERSION,
+            "flawmap_version": flawmap.__version__,
+            "torch_version": torch.__version__,
+            "model": model.name,
+            "fit_id": model.fit_id_,
+            "params": {k: _jsonable(v) for k, v in model.get_params().items()},
+            "backend": format,
+            "precision": precision,
+            "head": plan.head,
+            "graphs": {
+                name: {
+                    "file": files[name],
+                    "input": _INPUTS[name],
+                    "outputs": list(part.outputs),
+                }
+                for name, part in plan.graphs.items()
+            },
+            "arrays": arrays,
+            "calibration": None
+            if samples is None
+            else {"images": samples.count, "source": "good training images", "seed": seed},
+            "files": {name: file_sha256(staging / name) for name in written},
+        }
+        crop = model.transform.center_crop
+        write_json_synced(
+            staging / PREPROCESS_FILE,
+            {
+                "image_size": list(model.transform.resize_size),
+                "center_crop": None if crop is None else list(model.transform.output_size),
+                "resize": RESIZE_RULE,
+                "input": "RGB, (N, 3, H, W) float32 in [0, 1]; mean/std normalisation is in "
+                "the graph",
+            },
+        )
+        write_json_synced(
+            staging / THRESHOLD_FILE,
+            {
+                "threshold": model.threshold,
+                "rule": "an image is defective when its score >= threshold; edit this number "
+                "to change the decision (no re-export needed)",
+                "learned_from": f"quantile {model.threshold_quantile} of held-out good training "
+                "images' scores",
+            },
+        )
+        write_json_synced(staging / MODEL_FILE, meta)
+
+    write_folder_atomic(target, write)
+    return Path(out)
+
+
+class _Calibration:
+    """Good training images for int8 calibration, in batches of one (N, 3, H, W) float32."""
+
+    def __init__(self, images: list[np.ndarray]) -> None:
+        self.images = images
+        self.count = len(images)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.images)
+
+
+def _calibration_batches(model: Detector, data: Dataset | None, seed: int) -> _Calibration:
+    if data is None or len(data) == 0:  # type: ignore[arg-type]
+        raise DataError("no calibration images: int8 export needs good training images")
+    n = len(data)  # type: ignore[arg-type]
+    order = np.random.default_rng(seed).permutation(n)[: min(n, CALIBRATION_IMAGES)]
+    subset = Subset(data, sorted(order.tolist()))
+    images = []
+    for batch in model.batches(subset):
+        images.extend(x[None].numpy().astype(np.float32) for x in batch["image"])
+    return _Calibration(images)
+
+
+def _trace_onnx(plan: ExportPlan, name: str, path: Path) -> None:
+    part = plan.graphs[name]
+    dynamic = {_INPUTS[name]: {0: "batch"}, **{o: {0: "batch"} for o in part.outputs}}
+    with (
+        warnings.catch_warnings(),
+        torch.no_grad(),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            part.module,
+            (part.example,),
+            str(path),
+            input_names=[_INPUTS[name]],
+            output_names=list(part.outputs),
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+def _write_graphs(
+    plan: ExportPlan, folder: Path, format: str, precision: str, samples: _Calibration | None
+) -> dict[str, str]:
+    """Write every graph of ``plan`` into ``folder``; returns graph name -> file name."""
+    files = {}
+    for name in plan.graphs:
+        onnx_path = folder / f"{name}.onnx"
+        _trace_onnx(plan, name, onnx_path)
+        quantise = samples is not None and name != "postprocess"
+        feeds = _feeds(plan, name, samples) if quantise else None
+        if format == "onnx":
+            if feeds is not None:
+                _quantise_onnx(onnx_path, feeds)
+            files[name] = onnx_path.name
+        else:
+            files[name] = _to_openvino(onnx_path, feeds).name
+            onnx_path.unlink()
+    return files
+
+
+def _feeds(plan: ExportPlan, name: str, samples: _Calibration) -> list[np.ndarray]:
+    """Calibration inputs of graph ``name``: the images themselves (every graph quantised
+    takes images)."""
+    if _INPUTS[name] != "images":
+        raise ConfigError(f"graph {name} cannot be calibrated on images")
+    return list(samples)
+
+
+def _quantise_onnx(path: Path, feeds: list[np.ndarray]) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            item = next(self.items, None)
+            return None if item is None else {"images": item}
+
+    prepared = path.with_name(path.stem + ".prep.onnx")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv"],
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    prepared.unlink()
+
+
+def _to_openvino(onnx_path: Path, feeds: list[np.ndarray] | None) -> Path:
+    import openvino as ov
+
+    ov_model = ov.convert_model(str(onnx_path))
+    if feeds is not None:
+        import nncf
+
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            ov_model = nncf.quantize(
+                ov_model,
+                nncf.Dataset(feeds),
+                subset_size=len(feeds),
+                ignored_scope=nncf.IgnoredScope(types=["MatMul"], validate=False),
+            )
+    xml = onnx_path.with_suffix(".xml")
+    ov.save_model(ov_model, str(xml), compress_to_fp16=False)
+    return xml
+
+
+def export_info_text(folder: str | Path) -> str:
+    """A one-line summary of an export folder, for the command line."""
+    meta = json.loads((Path(folder) / MODEL_FILE).read_text())
+    return f"{meta['model']} ({meta['backend']}, {meta['precision']}, head {meta['head']})"
