@@ -277,10 +277,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     from flawmap.data import MVTecDataset
     from flawmap.evaluation import evaluate, write_evaluation
-    from flawmap.models import load_model
+    from flawmap.models.exported import load_any
     from flawmap.report import markdown
 
-    detector = load_model(args.model_dir)
+    detector = load_any(args.model_dir, threads=args.threads)
     test = MVTecDataset(args.data, "test", transform=detector.transform)
     result = evaluate(detector, test, progress=not args.quiet, latency_runs=args.latency_runs)
     out = write_evaluation(result, detector, args.out, title=f"{detector.name} on {test.category}")
@@ -295,10 +295,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     out = check_output_folder(args.out)
     _set_threads(args.threads)
-    from flawmap.models import load_model
+    from flawmap.models.exported import load_any
     from flawmap.scoring import predict_to_folder
 
-    detector = load_model(args.model_dir)
+    detector = load_any(args.model_dir, threads=args.threads)
     summary = predict_to_folder(
         detector,
         args.paths,
@@ -317,6 +317,43 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if len(failed) > 10:
         print(f"flawmap: ... and {len(failed) - 10} more (see scores.csv)", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from flawmap.export import check_export_options
+    from flawmap.outputs import check_folder_target
+    from flawmap.runtime.format import is_export_file
+
+    check_export_options(args.format, args.precision)
+    if args.precision == "int8" and args.data is None:
+        raise ConfigError(
+            "--precision int8 needs --data CATEGORY: its train/good images calibrate the "
+            "quantisation (no test image is used)"
+        )
+    check_folder_target(args.out, args.overwrite, is_export_file, "export")
+    _set_threads(args.threads)
+    from flawmap.export import export_model
+    from flawmap.models import load_model
+
+    detector = load_model(args.model_dir)
+    calibration = None
+    if args.data is not None:
+        from flawmap.data import MVTecDataset
+
+        calibration = MVTecDataset(args.data, "train", transform=detector.transform)
+    out = export_model(
+        detector,
+        args.out,
+        format=args.format,
+        precision=args.precision,
+        calibration=calibration,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"exported {detector.name} ({args.format}, {args.precision}) to {out}; change the "
+        f"decision threshold in {out / 'threshold.json'}"
+    )
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -423,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("evaluate", help="evaluate a fitted model on a category's test split")
-    p.add_argument("model_dir", type=Path)
+    p.add_argument("model_dir", type=Path, help="model folder or exported folder")
     p.add_argument("--data", required=True, type=Path, help="category folder with test/")
     p.add_argument("--out", required=True, type=Path, help="report folder to write")
     p.add_argument(
@@ -439,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
         "scores.csv/scores.json and the others are still scored (exit status 3 when any "
         "failed). Every input gets its own overlay and map file, even when names repeat.",
     )
-    p.add_argument("model_dir", type=Path)
+    p.add_argument("model_dir", type=Path, help="model folder or exported folder")
     p.add_argument("paths", nargs="+", type=Path, help="image files or folders (recursive)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument(
@@ -455,6 +492,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "export",
+        help="export a fitted model to ONNX or OpenVINO for the torch-free runtime",
+        description="Write the model's graphs, its pre-processing, threshold and parameters "
+        "(plain JSON, never baked into a graph) to --out. `flawmap predict` and `flawmap "
+        "evaluate` accept the exported folder like a model folder; flawmap.runtime scores "
+        "with it without torch.",
+    )
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "int8"),
+        default="fp32",
+        help="fp32 (exact), bf16 (OpenVINO only), int8 (needs --data)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="int8: category folder whose train/good images calibrate the quantisation",
+    )
+    p.add_argument("--out", required=True, type=Path, help="export folder to write")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the export already in --out, if any"
+    )
+    common(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="fit and evaluate PatchCore on ELPV solar cells (offline)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
@@ -534,6 +600,9 @@ _PYTHON_FORMATWARNING = warnings.formatwarning
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
+    from flawmap.runtime.threads import set_passive_wait_policy
+
+    set_passive_wait_policy()  # before torch starts its OpenMP runtime
     previous_format = warnings.formatwarning
     warnings.formatwarning = _format_warning
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,12 +269,35 @@ def _quantise_onnx(path: Path, feeds: list[np.ndarray]) -> None:
     prepared.unlink()
 
 
+#: OpenVINO operations int8 export leaves in floating point: quantisation is for the
+#: convolutions (the backbone's cost); the heads' distances, sums and products keep their range.
+_FLOAT_OPS = (
+    "MatMul",
+    "Multiply",
+    "Add",
+    "Subtract",
+    "Divide",
+    "Power",
+    "Sqrt",
+    "ReduceSum",
+    "ReduceMean",
+    "ReduceMax",
+    "Interpolate",
+    "Concat",
+)
+
+
 def _to_openvino(onnx_path: Path, feeds: list[np.ndarray] | None) -> Path:
     import openvino as ov
 
     ov_model = ov.convert_model(str(onnx_path))
     if feeds is not None:
+        # nncf imports torch's C++-extension helper, which logs a CUDA warning, and logs each
+        # layer it skips: neither concerns the user.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         import nncf
+
+        nncf.set_log_level(logging.ERROR)
 
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -281,7 +305,7 @@ def _to_openvino(onnx_path: Path, feeds: list[np.ndarray] | None) -> Path:
                 ov_model,
                 nncf.Dataset(feeds),
                 subset_size=len(feeds),
-                ignored_scope=nncf.IgnoredScope(types=["MatMul"], validate=False),
+                ignored_scope=nncf.IgnoredScope(types=list(_FLOAT_OPS), validate=False),
             )
     xml = onnx_path.with_suffix(".xml")
     ov.save_model(ov_model, str(xml), compress_to_fp16=False)

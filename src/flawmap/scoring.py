@@ -201,16 +201,11 @@ def predict_to_folder(
         DataError: a path does not exist, or holds no image besides the outputs in ``out``.
     """
     folder = check_output_folder(out, "out")
-    learned = detector.module.threshold.clone()  # NotFittedError before any work
-    try:
-        if threshold is not None:
-            detector.set_threshold(threshold)
+    with detector.threshold_override(threshold):  # NotFittedError before any work
         samples, roots = _inputs(paths, folder)
         dataset = ImageDataset(samples, transform=detector.transform)
         with FolderLock(folder, "flawmap predict"):
             rows = _predict_rows(detector, dataset, roots, folder, save_maps, progress)
-    finally:
-        detector.module.threshold.copy_(learned)
     return PredictSummary(folder, rows)
 
 

@@ -105,6 +105,7 @@ def evaluate(
         "flawmap": flawmap.__version__,
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
+        **getattr(detector, "export_info", {}),
     }
     ordered = {k: metrics.get(k) for k in METRIC_KEYS}
     return Evaluation(metrics=ordered, prediction=prediction, labels=labels, info=info)

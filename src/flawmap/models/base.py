@@ -24,6 +24,7 @@ Conventions (scikit-learn / PyOD style):
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib
 import inspect
 import math
@@ -564,6 +565,18 @@ class Detector(abc.ABC):
                 f"({type(value).__name__})"
             )
         self._fitted_module().threshold.fill_(float(value))
+
+    @contextlib.contextmanager
+    def threshold_override(self, value: float | None) -> Iterator[None]:
+        """Use ``value`` (checked as by :meth:`set_threshold`; ``None``: keep the learned one)
+        inside the ``with`` block, then restore the learned threshold."""
+        learned = self._fitted_module().threshold.clone()  # NotFittedError before any work
+        try:
+            if value is not None:
+                self.set_threshold(value)
+            yield
+        finally:
+            self._fitted_module().threshold.copy_(learned)
 
     def _fitted_module(self) -> AnomalyModule:
         if self.module_ is None:
