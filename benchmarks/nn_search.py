@@ -40,6 +40,7 @@ _THREADS = "2"
 for _i, _a in enumerate(sys.argv):  # thread pools read these when numpy / faiss load
     if _a == "--threads" and _i + 1 < len(sys.argv):
         _THREADS = sys.argv[_i + 1]
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the runtime's default (runtime.threads)
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_var] = _THREADS
 
@@ -402,7 +403,7 @@ def main() -> None:
     text = (
         f"Command: `{command}`\n\n{__doc__.split(chr(10) + chr(10))[1]}\n\n"
         f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
-        f"{args.threads} threads; shared machine, so compare the ratios to `pruned` (same run, "
+        f"{args.threads} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; shared machine, so compare the ratios to `pruned` (same run, "
         "searches interleaved image by image).\n\n" + table(records) + "\n"
     )
     out.with_suffix(".md").write_text(text)

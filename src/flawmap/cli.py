@@ -363,6 +363,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from flawmap.models.folder import check_save_target
 
     check_save_target(Path(args.out) / "model", args.overwrite)
+    from flawmap.outputs import check_folder_target
+    from flawmap.runtime.format import is_export_file
+
+    check_folder_target(Path(args.out) / "export", args.overwrite, is_export_file, "export")
     _set_threads(args.threads)
     from flawmap.demo import run_demo
 
