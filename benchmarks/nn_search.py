@@ -403,7 +403,8 @@ def main() -> None:
     text = (
         f"Command: `{command}`\n\n{__doc__.split(chr(10) + chr(10))[1]}\n\n"
         f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
-        f"{args.threads} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; shared machine, so compare the ratios to `pruned` (same run, "
+        f"{args.threads} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; "
+        "shared machine, so compare the ratios to `pruned` (same run, "
         "searches interleaved image by image).\n\n" + table(records) + "\n"
     )
     out.with_suffix(".md").write_text(text)

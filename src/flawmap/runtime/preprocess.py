@@ -1,7 +1,7 @@
 """Image pre-processing without torch, equal to :class:`flawmap.data.ImageTransform`.
 
-An 8-bit RGB image is resized per channel in Pillow's 32-bit float mode (bilinear with
-antialiasing: the same separable triangle filter, half-pixel centres, as torch's
+An 8-bit RGB image is resized per channel (in parallel) in Pillow's 32-bit float mode (bilinear
+with antialiasing: the same separable triangle filter, half-pixel centres, as torch's
 ``interpolate(..., antialias=True)``), scaled to [0, 1], clipped, then centre-cropped.
 """
 
@@ -32,24 +32,25 @@ class Preprocessor:
         return self.center_crop or self.image_size
 
     def __call__(self, image: Image.Image | np.ndarray) -> np.ndarray:
-        if isinstance(image, Image.Image):
-            if image.mode != "RGB":
-                from flawmap.data.io import to_rgb
-
-                image = to_rgb(image)
-            pixels = np.asarray(image)
-        else:
-            pixels = np.asarray(image)
-            if pixels.ndim != 3 or pixels.shape[-1] != 3 or pixels.dtype != np.uint8:
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
                 raise ValueError(
-                    f"expected an (H, W, 3) uint8 RGB array, got {pixels.shape} {pixels.dtype}"
+                    f"expected an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}"
                 )
+            image = Image.fromarray(image)
+        elif not isinstance(image, Image.Image):
+            raise TypeError(f"expected a PIL image or a uint8 array, got {type(image).__name__}")
+        if image.mode != "RGB":
+            from flawmap.data.io import to_rgb
+
+            image = to_rgb(image)
         h, w = self.image_size
-        if pixels.shape[:2] == (h, w):
-            out = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+        if (image.height, image.width) == (h, w):
+            out = np.asarray(image).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
         else:
-            channels = list(_POOL.map(lambda c: _resize_channel(pixels[..., c], w, h), range(3)))
-            out = np.stack(channels)
+            bands = list(_POOL.map(lambda band: _resize_band(band, w, h), image.split()))
+            out = np.stack(bands)
+            out /= np.float32(255.0)
             np.clip(out, 0.0, 1.0, out=out)
         if self.center_crop is not None:
             ch, cw = self.center_crop
@@ -58,7 +59,6 @@ class Preprocessor:
         return out
 
 
-def _resize_channel(channel: np.ndarray, width: int, height: int) -> np.ndarray:
-    """One uint8 (H, W) channel -> (height, width) float32 in [0, 1] (before clipping)."""
-    plane = Image.fromarray(np.ascontiguousarray(channel).astype(np.float32) / np.float32(255.0))
-    return np.asarray(plane.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+def _resize_band(band: Image.Image, width: int, height: int) -> np.ndarray:
+    """One 8-bit band -> (height, width) float32 in [0, 255], resized in float (mode "F")."""
+    return np.asarray(band.convert("F").resize((width, height), Image.Resampling.BILINEAR))
