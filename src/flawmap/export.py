@@ -51,8 +51,9 @@ __all__ = ["CALIBRATION_IMAGES", "check_export_options", "export_model"]
 OPSET = 17
 #: Good training images used to calibrate int8 quantisation (a seeded random subset).
 CALIBRATION_IMAGES = 64
-#: Graph input names, by graph.
-_INPUTS = {"network": "images", "embed": "images", "postprocess": "patch_scores"}
+#: The graph that takes a reduced precision (the others stay fp32: heads, distances and
+#: post-processing keep their range and cost little).
+REDUCED_PRECISION_GRAPH = "backbone"
 
 
 def check_export_options(format: str, precision: str) -> None:
@@ -104,6 +105,22 @@ def export_model(
     size = model.transform.output_size
     plan = module.export_plan(size)
     samples = _calibration_batches(model, calibration, seed) if precision == "int8" else None
+    try:
+        _write_export(model, target, plan, format, precision, samples, seed)
+    finally:
+        module.eval()  # exporting must never leave the fitted module in training mode
+    return Path(out)
+
+
+def _write_export(
+    model: Detector,
+    target: Path,
+    plan: ExportPlan,
+    format: str,
+    precision: str,
+    samples: _Calibration | None,
+    seed: int,
+) -> None:
 
     def write(staging: Path) -> None:
         files = _write_graphs(plan, staging, format, precision, samples)
@@ -125,8 +142,9 @@ def export_model(
             "graphs": {
                 name: {
                     "file": files[name],
-                    "input": _INPUTS[name],
+                    "inputs": list(part.inputs),
                     "outputs": list(part.outputs),
+                    "precision": precision if name == REDUCED_PRECISION_GRAPH else "fp32",
                 }
                 for name, part in plan.graphs.items()
             },
@@ -160,7 +178,6 @@ def export_model(
         write_json_synced(staging / MODEL_FILE, meta)
 
     write_folder_atomic(target, write)
-    return Path(out)
 
 
 class _Calibration:
@@ -188,7 +205,7 @@ def _calibration_batches(model: Detector, data: Dataset | None, seed: int) -> _C
 
 def _trace_onnx(plan: ExportPlan, name: str, path: Path) -> None:
     part = plan.graphs[name]
-    dynamic = {_INPUTS[name]: {0: "batch"}, **{o: {0: "batch"} for o in part.outputs}}
+    dynamic = {n: {0: "batch"} for n in (*part.inputs, *part.outputs)}
     with (
         warnings.catch_warnings(),
         torch.no_grad(),
@@ -197,9 +214,9 @@ def _trace_onnx(plan: ExportPlan, name: str, path: Path) -> None:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             part.module,
-            (part.example,),
+            part.examples,
             str(path),
-            input_names=[_INPUTS[name]],
+            input_names=list(part.inputs),
             output_names=list(part.outputs),
             dynamic_axes=dynamic,
             opset_version=OPSET,
@@ -210,13 +227,13 @@ def _trace_onnx(plan: ExportPlan, name: str, path: Path) -> None:
 def _write_graphs(
     plan: ExportPlan, folder: Path, format: str, precision: str, samples: _Calibration | None
 ) -> dict[str, str]:
-    """Write every graph of ``plan`` into ``folder``; returns graph name -> file name."""
+    """Write every graph of ``plan`` into ``folder``; returns graph name -> file name. Only the
+    backbone graph is quantised (int8)."""
     files = {}
     for name in plan.graphs:
         onnx_path = folder / f"{name}.onnx"
         _trace_onnx(plan, name, onnx_path)
-        quantise = samples is not None and name != "postprocess"
-        feeds = _feeds(plan, name, samples) if quantise else None
+        feeds = list(samples) if samples is not None and name == REDUCED_PRECISION_GRAPH else None
         if format == "onnx":
             if feeds is not None:
                 _quantise_onnx(onnx_path, feeds)
@@ -225,14 +242,6 @@ def _write_graphs(
             files[name] = _to_openvino(onnx_path, feeds).name
             onnx_path.unlink()
     return files
-
-
-def _feeds(plan: ExportPlan, name: str, samples: _Calibration) -> list[np.ndarray]:
-    """Calibration inputs of graph ``name``: the images themselves (every graph quantised
-    takes images)."""
-    if _INPUTS[name] != "images":
-        raise ConfigError(f"graph {name} cannot be calibrated on images")
-    return list(samples)
 
 
 def _quantise_onnx(path: Path, feeds: list[np.ndarray]) -> None:
@@ -269,24 +278,6 @@ def _quantise_onnx(path: Path, feeds: list[np.ndarray]) -> None:
     prepared.unlink()
 
 
-#: OpenVINO operations int8 export leaves in floating point: quantisation is for the
-#: convolutions (the backbone's cost); the heads' distances, sums and products keep their range.
-_FLOAT_OPS = (
-    "MatMul",
-    "Multiply",
-    "Add",
-    "Subtract",
-    "Divide",
-    "Power",
-    "Sqrt",
-    "ReduceSum",
-    "ReduceMean",
-    "ReduceMax",
-    "Interpolate",
-    "Concat",
-)
-
-
 def _to_openvino(onnx_path: Path, feeds: list[np.ndarray] | None) -> Path:
     import openvino as ov
 
@@ -305,7 +296,6 @@ def _to_openvino(onnx_path: Path, feeds: list[np.ndarray] | None) -> Path:
                 ov_model,
                 nncf.Dataset(feeds),
                 subset_size=len(feeds),
-                ignored_scope=nncf.IgnoredScope(types=list(_FLOAT_OPS), validate=False),
             )
     xml = onnx_path.with_suffix(".xml")
     ov.save_model(ov_model, str(xml), compress_to_fp16=False)

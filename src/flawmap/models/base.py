@@ -137,46 +137,129 @@ class AnomalyModule(nn.Module, abc.ABC):
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) -> raw anomaly scores (B, 1, h, w) on the feature grid."""
 
+    def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) -> what the module gives its extractor (default: the images;
+        a model with its own input normalisation overrides this and uses it in
+        ``patch_scores``, so an export's backbone graph includes it)."""
+        return images
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = images.shape[-2:]
         return self.postprocess(self.patch_scores(images), (int(h), int(w)), upsample=self.upsample)
 
     def export_plan(self, image_size: tuple[int, int]) -> ExportPlan:
-        """How this module runs outside torch (:mod:`flawmap.export`): by default its whole
-        ``forward`` is one graph, images (B, 3, H, W) -> (scores (B,), maps (B, H, W)).
+        """How this module runs outside torch (:mod:`flawmap.export`): by default two graphs,
+        the backbone (images (B, 3, H, W) -> its stages' maps) and the head (those maps ->
+        scores (B,), maps (B, H, W)), so that a reduced precision can be applied to the
+        backbone alone.
 
-        A module whose scoring cannot be one graph (a memory-bank search) overrides this.
+        A module whose scoring cannot be graphs alone (a memory-bank search) overrides this.
         """
-        example = torch.zeros(1, 3, *image_size)
-        return ExportPlan("graph", {"network": GraphPart(self, example, ("scores", "maps"))})
+        backbone = backbone_graph(self, image_size)
+        head = GraphPart(
+            HeadGraph(self, image_size),
+            backbone.output_examples(),
+            ("scores", "maps"),
+            backbone.outputs,
+        )
+        return ExportPlan("graph", {"backbone": backbone, "head": head})
 
 
 @dataclass(frozen=True)
 class GraphPart:
-    """One graph of an export: ``module(example)`` is traced; ``outputs`` names its results."""
+    """One graph of an export: ``module(*examples)`` is traced; ``inputs`` and ``outputs``
+    name its arguments and results (the runtime passes values between graphs by name)."""
 
     module: nn.Module
-    example: torch.Tensor
+    examples: tuple[torch.Tensor, ...]
     outputs: tuple[str, ...]
+    inputs: tuple[str, ...] = ("images",)
+
+    def __post_init__(self) -> None:
+        # A new wrapper module starts in training mode, and the exporter restores that mode
+        # on everything inside it when it is done: a fitted module must stay in eval mode.
+        self.module.eval()
+
+    def output_examples(self) -> tuple[torch.Tensor, ...]:
+        """The module's outputs on its examples (the next graph's examples)."""
+        with torch.no_grad():
+            out = self.module(*self.examples)
+        return tuple(out) if isinstance(out, tuple | list) else (out,)
 
 
 @dataclass
 class ExportPlan:
-    """The graphs (and arrays) that reproduce a fitted module outside torch.
+    """The graphs (and arrays) that reproduce a fitted module outside torch, in run order.
 
-    ``head``:
+    The first graph whose name is ``"backbone"`` takes ``"images"`` (B, 3, H, W) in [0, 1];
+    the last returns ``"scores"`` (B,) and ``"maps"`` (B, H, W). ``head``:
 
-    - ``"graph"``: ``graphs["network"]``: images (B, 3, H, W) in [0, 1] -> scores (B,), maps
-      (B, H, W);
-    - ``"nearest_neighbour"``: ``graphs["embed"]``: images -> patch features (B, h, w, D); the
-      runtime finds each patch's Euclidean distance to its nearest row of
-      ``arrays["memory_bank"]`` (M, D) (PatchCore eq. 6); ``graphs["postprocess"]``: those
-      distances (B, 1, h, w) -> scores (B,), maps (B, H, W).
+    - ``"graph"``: graphs only;
+    - ``"nearest_neighbour"``: a graph returns ``"patches"`` (B, h, w, D); the runtime finds
+      each patch's Euclidean distance to its nearest row of ``arrays["memory_bank"]`` (M, D)
+      (PatchCore eq. 6) as ``"patch_scores"`` (B, 1, h, w), the next graph's input.
     """
 
     head: str
     graphs: dict[str, GraphPart]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class _Stages(nn.Module):
+    """images -> the module's extractor's stage maps as a tuple (a graph's outputs)."""
+
+    def __init__(self, module: AnomalyModule) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.module.extractor(self.module.backbone_input(images)))
+
+
+def backbone_graph(module: AnomalyModule, image_size: tuple[int, int]) -> GraphPart:
+    """The graph of ``module``'s extractor: images (B, 3, H, W) -> stage maps ``stage0``, ..."""
+    stages = _Stages(module)
+    example = torch.zeros(1, 3, *image_size)
+    with torch.no_grad():
+        n = len(stages(example))
+    return GraphPart(stages, (example,), tuple(f"stage{i}" for i in range(n)))
+
+
+class _GivenFeatures(nn.Module):
+    """Stands in for an extractor: returns the stage maps it was given, whatever the images."""
+
+    def __init__(self, features: tuple[torch.Tensor, ...]) -> None:
+        super().__init__()
+        self.features = features
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.features)
+
+
+@contextlib.contextmanager
+def given_features(module: AnomalyModule, features: tuple[torch.Tensor, ...]) -> Iterator[None]:
+    """Inside the block, ``module.extractor(images)`` returns ``features``."""
+    extractor = module.extractor
+    module.extractor = _GivenFeatures(features)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        module.extractor = extractor
+
+
+class HeadGraph(nn.Module):
+    """A module's head and post-processing as a graph: the extractor's stage maps ->
+    (scores (B,), maps (B, H, W)) at the fixed output size ``(H, W)``."""
+
+    def __init__(self, module: AnomalyModule, output_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.module = module
+        self.output_size = output_size
+
+    def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = features[0].new_zeros(features[0].shape[0], 3, *self.output_size)
+        with given_features(self.module, features):
+            return self.module(images)
 
 
 class PostprocessGraph(nn.Module):

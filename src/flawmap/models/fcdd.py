@@ -347,14 +347,14 @@ class FCDDModule(AnomalyModule):
         self.input_min.copy_(lo.view(1, 3, 1, 1))
         self.input_max.copy_(torch.maximum(hi, lo + 1e-6).view(1, 3, 1, 1))
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+    def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 3, H, W): LCN, then min-max with the fitted constants."""
         x = local_contrast_normalization(images)
         return (x - self.input_min) / (self.input_max - self.input_min)
 
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) -> A_low = h(phi(X)) (B, 1, h, w) on the feature grid."""
-        features = self.extractor(self.preprocess(images))[-1]
+        features = self.extractor(self.backbone_input(images))[-1]
         return pseudo_huber(self.head(features))
 
     def anomaly_maps(self, images: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,12 @@ _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 class Graph(Protocol):
-    """One compiled graph: named float32 inputs -> its outputs in graph order."""
+    """One compiled graph: named float32 inputs -> its named outputs."""
 
-    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+    #: The inputs the graph really takes (tracing drops an input the graph does not use).
+    input_names: list[str]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
 class OnnxRuntimeGraph:
@@ -43,9 +46,11 @@ class OnnxRuntimeGraph:
         self.session = ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return list(self.session.run(None, inputs))
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(None, inputs), strict=True))
 
 
 class OpenVinoGraph:
@@ -65,10 +70,11 @@ class OpenVinoGraph:
         }
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         self.request = self.compiled.create_infer_request()
+        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
 
-    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.request.infer(inputs)
-        return [np.asarray(results[output]) for output in self.compiled.outputs]
+        return {port.get_any_name(): np.asarray(results[port]) for port in self.compiled.outputs}
 
 
 def open_graph(path: Path, backend: str, precision: str, threads: ThreadSettings) -> Graph:

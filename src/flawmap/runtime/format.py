@@ -163,8 +163,15 @@ def read_export(folder: str | Path, *, verify: bool = True) -> ExportInfo:
     arrays = _field(meta, "arrays", dict, model_path)
     files = _field(meta, "files", dict, model_path)
     for name, graph in graphs.items():
-        if not isinstance(graph, dict) or not isinstance(graph.get("file"), str):
-            raise ConfigError(f"{model_path}: graph {name!r} has no file")
+        if (
+            not isinstance(graph, dict)
+            or not isinstance(graph.get("file"), str)
+            or not isinstance(graph.get("inputs"), list)
+            or not isinstance(graph.get("outputs"), list)
+        ):
+            raise ConfigError(f"{model_path}: graph {name!r} needs a file, inputs and outputs")
+        if graph.get("precision", "fp32") not in PRECISIONS:
+            raise ConfigError(f"{model_path}: graph {name!r} has an unknown precision")
     if verify:
         for name, expected in files.items():
             path = root / name

@@ -71,7 +71,10 @@ class ExportedModel:
         self.batch_size = int(self.info.params.get("batch_size", 8))
         self.graphs: dict[str, Graph] = {
             name: open_graph(
-                self.folder / spec["file"], self.info.backend, self.info.precision, self.threads
+                self.folder / spec["file"],
+                self.info.backend,
+                spec.get("precision", "fp32"),
+                self.threads,
             )
             for name, spec in self.info.graphs.items()
         }
@@ -182,14 +185,20 @@ class ExportedModel:
         return x
 
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the graphs in order, passing values by name; the memory-bank search turns
+        ``patches`` (B, h, w, D) into ``patch_scores`` (B, 1, h, w) where a graph needs them."""
+        values: dict[str, np.ndarray] = {"images": x}
+        for graph in self.graphs.values():
+            if "patch_scores" in graph.input_names and "patch_scores" not in values:
+                values["patch_scores"] = self._patch_scores(values["patches"])
+            values.update(graph.run({key: values[key] for key in graph.input_names}))
+        return values["scores"], values["maps"]
+
+    def _patch_scores(self, patches: np.ndarray) -> np.ndarray:
         if self.search is None:
-            scores, maps = self.graphs["network"].run({"images": x})
-            return scores, maps
-        (patches,) = self.graphs["embed"].run({"images": x})
+            raise ConfigError(f"{self.folder}: a graph needs patch_scores, the export has no bank")
         b, h, w, d = patches.shape
-        distances = self.search.distances(patches.reshape(-1, d)).reshape(b, 1, h, w)
-        scores, maps = self.graphs["postprocess"].run({"patch_scores": distances})
-        return scores, maps
+        return self.search.distances(patches.reshape(-1, d)).reshape(b, 1, h, w)
 
 
 def load_exported(folder: str | os.PathLike[str], **options: Any) -> ExportedModel:

@@ -263,7 +263,7 @@ def test_min_max_constants_are_fitted_on_training_images() -> None:
     module = FCDD(**FAST)._build_module("random")
     images = toy_images(5)
     module.fit_input_range(images)
-    x = module.preprocess(images)
+    x = module.backbone_input(images)
     torch.testing.assert_close(x.amin(dim=(0, 2, 3)), torch.zeros(3), atol=1e-6, rtol=0)
     torch.testing.assert_close(x.amax(dim=(0, 2, 3)), torch.ones(3), atol=1e-6, rtol=0)
 

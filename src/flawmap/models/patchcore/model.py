@@ -32,6 +32,7 @@ from flawmap.models.base import (
     ExportPlan,
     GraphPart,
     PostprocessGraph,
+    backbone_graph,
     register_model,
 )
 from flawmap.models.features import check_patch_size, collect_features, local_patch_features
@@ -84,21 +85,23 @@ class PatchCoreModule(AnomalyModule):
         return self._index
 
     def export_plan(self, image_size: tuple[int, int]) -> ExportPlan:
-        """The network to the patch features (``embed``), the memory bank, and the
-        post-processing; the nearest-neighbour search runs in the exporting runtime."""
+        """The backbone, the local patch features (``patches`` (B, h, w, D)), the memory bank,
+        and the post-processing; the nearest-neighbour search runs in the runtime."""
         if self.memory_bank.shape[0] == 0:
             raise DataError("the memory bank is empty: fit the model first")
-        example = torch.zeros(1, 3, *image_size)
-        with torch.no_grad():
-            grid = tuple(self.embed(example).shape[-2:])
+        backbone = backbone_graph(self, image_size)
+        stages = backbone.output_examples()
+        patches = GraphPart(_PatchFeatures(self), stages, ("patches",), backbone.outputs)
+        grid = tuple(patches.output_examples()[0].shape[1:3])
+        post = GraphPart(
+            PostprocessGraph(self, image_size),
+            (torch.zeros(1, 1, *grid),),
+            ("scores", "maps"),
+            ("patch_scores",),
+        )
         return ExportPlan(
             "nearest_neighbour",
-            {
-                "embed": GraphPart(_PatchFeatures(self), example, ("patches",)),
-                "postprocess": GraphPart(
-                    PostprocessGraph(self, image_size), torch.zeros(1, 1, *grid), ("scores", "maps")
-                ),
-            },
+            {"backbone": backbone, "patches": patches, "postprocess": post},
             {"memory_bank": self.memory_bank.numpy().copy()},
         )
 
@@ -116,14 +119,14 @@ class PatchCoreModule(AnomalyModule):
 
 
 class _PatchFeatures(torch.nn.Module):
-    """images (B, 3, H, W) -> patch features (B, h, w, D), the search's queries."""
+    """The backbone's stage maps -> patch features (B, h, w, D), the search's queries."""
 
     def __init__(self, module: PatchCoreModule) -> None:
         super().__init__()
         self.module = module
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.module.embed(images).permute(0, 2, 3, 1)
+    def forward(self, *stages: torch.Tensor) -> torch.Tensor:
+        return local_patch_features(list(stages), self.module.patch_size).permute(0, 2, 3, 1)
 
 
 @register_model
