@@ -20,8 +20,10 @@ from flawmap.runtime.preprocess import Preprocessor
 from flawmap.runtime.search import BankSearch, make_search
 from flawmap.runtime.threads import ThreadSettings
 
-#: The search a PatchCore export uses unless told otherwise.
-DEFAULT_SEARCH = "faiss"
+#: The search a PatchCore export uses unless told otherwise: the trained model's own (cluster
+#: pruning, faiss's flat scan for the queries pruning cannot help); fastest on both measured
+#: banks (benchmarks/nn_search.py).
+DEFAULT_SEARCH = "pruned"
 
 
 @dataclass
@@ -49,7 +51,7 @@ class ExportedModel:
         folder: a folder written by ``flawmap export``.
         threads: intra-op threads (default: the cores this process may use).
         spin: let idle worker threads spin-wait (default no: see :mod:`flawmap.runtime.threads`).
-        search: PatchCore exports only: ``"faiss"`` (default) or ``"pruned"``; both exact.
+        search: PatchCore exports only: ``"pruned"`` (default) or ``"faiss"``; both exact.
         verify: check every file's SHA-256 against ``model.json`` before loading.
     """
 

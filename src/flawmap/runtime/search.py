@@ -1,8 +1,9 @@
 """Exact nearest-neighbour distances to a memory bank, for PatchCore exports (eq. 6).
 
-Two interchangeable searches, both exact: ``"faiss"`` (faiss's flat L2 index: a blocked
-float32 GEMM and a top-1 per query) and ``"pruned"`` (flawmap's cluster-pruned search,
-:class:`flawmap.models.patchcore.search.ClusterPrunedSearch`, the trained model's own). Either
+Two interchangeable searches, both exact: ``"pruned"`` (flawmap's cluster-pruned search,
+:class:`flawmap.models.patchcore.search.ClusterPrunedSearch`, the trained model's own: k-means
+pruning, and faiss's flat scan for the queries pruning cannot help) and ``"faiss"`` (faiss's
+flat L2 index alone: a blocked float32 GEMM and a top-1 per query). Either
 way the reported distance is recomputed in float64 for the index found, so the two differ only
 on near-ties, by float32 rounding.
 """
