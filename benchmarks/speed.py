@@ -18,12 +18,17 @@ fitted model, not the models' best accuracy):
   peak GEMM rate of the variant's precision (measured once per run, :func:`load.peak_gemm`);
 - threading: for PaDiM only, torch with the OpenMP wait policy ACTIVE vs PASSIVE, ONNX Runtime
   with spinning on vs off, 1 vs 2 threads, quiet and loaded (each in its own process: the wait
-  policy is read when OpenMP starts). This table chooses the runtime's defaults.
+  policy is read when OpenMP starts); OpenVINO fp32 and bf16 at 1 vs 2 threads. This table
+  chooses the runtime's defaults;
+- a targets table: per model, the fastest export that keeps parity with torch, against the
+  latency targets, the 2x speed-up over torch and the 3x loaded/quiet bound.
 
 Every (model, category) is measured in its own subprocess. Results:
-``benchmarks/results/speed.{json,md}``. Smoke run::
+``benchmarks/results/speed.{json,md}`` (records merged, so a partial run keeps other rows;
+``--table-only`` rewrites the tables). Full run (a quiet machine) and smoke run::
 
-    python benchmarks/speed.py --models padim --categories bottle --runs 5
+    python benchmarks/speed.py
+    python benchmarks/speed.py --models padim --categories bottle --runs 5 --no-threading
 """
 
 from __future__ import annotations
@@ -134,6 +139,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("loaded_over_quiet", "loaded ÷ quiet", ".2f"),
     ("throughput_b8_ips", "batch-8 img/s", ".1f"),
     ("gflop", "GFLOP", ".2f"),
+    ("search_gflop", "of which search", ".2f"),
     ("pct_of_peak", "% of peak", ".1f"),
     ("image_auroc", "image AUROC", ".4f"),
     ("pixel_auroc", "pixel AUROC", ".4f"),
@@ -160,6 +166,78 @@ def markdown_table(rows: list[dict[str, Any]], keys: list[str], columns: list) -
         cells += [_fmt(row.get(key), spec) for key, _, spec in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+#: Batch-1 latency targets (ms) by model, or by model and category.
+TARGET_MS: dict[str, float | dict[str, float]] = {
+    "padim": 15.0,
+    "simplenet": 15.0,
+    "trisimplenet": 15.0,
+    "cse": 15.0,
+    "fcdd": 15.0,
+    "mlff": 25.0,
+    "patchcore": {"bottle": 20.0, "magnetic_tile": 40.0},
+}
+#: Parity an export must keep to count for the targets (to torch fp32, on the test set).
+PARITY_AUROC, PARITY_LABELS_PCT = 0.005, 99.0
+
+
+def passes_parity(row: dict[str, Any], reference: dict[str, Any]) -> bool:
+    """Image and pixel AUROC within :data:`PARITY_AUROC` of ``reference`` (torch) and at least
+    :data:`PARITY_LABELS_PCT` % of the labels the same."""
+    for key in ("image_auroc", "pixel_auroc"):
+        a, b = row.get(key), reference.get(key)
+        if a is not None and b is not None and abs(a - b) > PARITY_AUROC:
+            return False
+    agree = row.get("label_agreement_pct")
+    return agree is None or agree >= PARITY_LABELS_PCT
+
+
+def targets_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (category, model): the fastest export that keeps parity, against the targets."""
+    out = []
+    for category, model in sorted({(r["category"], r["model"]) for r in rows}):
+        group = [r for r in rows if r["category"] == category and r["model"] == model]
+        torch_rows = [r for r in group if r["variant"] == "torch"]
+        if not torch_rows:
+            continue
+        ref = torch_rows[0]
+        fit = [r for r in group if r["variant"] != "torch" and passes_parity(r, ref)]
+        target = TARGET_MS.get(model)
+        if isinstance(target, dict):
+            target = target.get(category)
+        best = min(fit, key=lambda r: r["median_ms"]) if fit else None
+        row: dict[str, Any] = {
+            "category": category,
+            "model": model,
+            "best export": best["variant"] if best else "none keeps parity",
+            "torch_ms": ref["median_ms"],
+            "target_ms": target,
+        }
+        if best is not None:
+            speedup = ratio(ref["median_ms"], best["median_ms"])
+            row.update(
+                best_ms=best["median_ms"],
+                speedup=speedup,
+                loaded_over_quiet=best.get("loaded_over_quiet"),
+            )
+            met = [
+                target is None or best["median_ms"] <= target,
+                speedup is not None and speedup >= 2.0,
+                (best.get("loaded_over_quiet") or 0.0) <= 3.0,
+            ]
+            row["met"] = "yes" if all(met) else "no"
+        out.append(row)
+    return out
+
+
+TARGET_COLUMNS: list[tuple[str, str, str]] = [
+    ("best_ms", "median ms", ".1f"),
+    ("target_ms", "target ms", ".0f"),
+    ("torch_ms", "torch ms", ".1f"),
+    ("speedup", "torch ÷ export (≥ 2)", ".2f"),
+    ("loaded_over_quiet", "loaded ÷ quiet (≤ 3)", ".2f"),
+]
 
 
 def _variant_rank(variant: str) -> int:
@@ -192,7 +270,8 @@ def speed_markdown(records: list[dict[str, Any]], command: str) -> str:
         "GFLOP per image: `torch.utils.flop_counter.FlopCounterMode` on the module's forward at "
         "batch 1; PatchCore adds 2·Q·M·D for its nearest-neighbour search (Q query patches, M "
         "memory-bank rows, D dimensions: the cost of the exact brute-force search, which the "
-        "runtime's search equals in result, not necessarily in work). % of peak = GFLOP / "
+        "runtime's search equals in result, not necessarily in work: torch's default pruned "
+        "search skips most of it, so its % of peak can pass 100). % of peak = GFLOP / "
         "median latency / the measured peak GEMM rate of the variant's precision (torch and "
         "fp32 exports: fp32; bf16: bf16; int8: int8).",
         "",
@@ -210,7 +289,32 @@ def speed_markdown(records: list[dict[str, Any]], command: str) -> str:
             (r for r in rows if r["category"] == category),
             key=lambda r: (r["model"], _variant_rank(r["variant"])),
         )
-        lines += [f"### {category}", "", markdown_table(chosen, ["model", "variant"], COLUMNS), ""]
+        counts = sorted({(r["model"], r.get("n_train"), r.get("n_test")) for r in chosen})
+        sizes = "; ".join(f"{m}: fitted on {a} good training images" for m, a, _ in counts)
+        n_tests = sorted({str(t) for _, _, t in counts})
+        lines += [
+            f"### {category}",
+            "",
+            f"Accuracy columns on {', '.join(n_tests)} test images (a seeded subset when fewer "
+            f"than the category's test set); {sizes} (a seeded subset where smaller than the "
+            "training set).",
+            "",
+            markdown_table(chosen, ["model", "variant"], COLUMNS),
+            "",
+        ]
+    if rows:
+        lines += [
+            "### Targets",
+            "",
+            "Per model and category, the fastest export that keeps parity with torch on the "
+            f"test set (image and pixel AUROC within {PARITY_AUROC}, ≥ {PARITY_LABELS_PCT:.0f} % "
+            "of the labels the same); 'met' = latency target, ≥ 2× torch and loaded ≤ 3× quiet.",
+            "",
+            markdown_table(
+                targets_rows(rows), ["category", "model", "best export", "met"], TARGET_COLUMNS
+            ),
+            "",
+        ]
     if threading:
         chosen = sorted(
             threading, key=lambda r: (r["category"], r["engine"], r["setting"], r["threads"])
@@ -229,16 +333,32 @@ def speed_markdown(records: list[dict[str, Any]], command: str) -> str:
 
 
 # ---------------------------------------------------------------------------- worker side
-def _fitted_model(name: str, category: str, root: Path, models_dir: Path, seed: int) -> Any:
-    """The cached fitted model of ``models_dir/category/name``, fitted and saved if absent."""
+def _subset(dataset: Any, limit: int | None, seed: int) -> Any:
+    """A seeded random subset of ``limit`` items (all of them when ``limit`` is None)."""
+    import numpy as np
+    from torch.utils.data import Subset
+
+    if limit is None or limit >= len(dataset):
+        return dataset
+    keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:limit])
+    return Subset(dataset, keep.tolist())
+
+
+def _fitted_model(
+    name: str, category: str, root: Path, models_dir: Path, seed: int, max_train: int | None
+) -> Any:
+    """The cached fitted model of ``models_dir/category/name``, fitted and saved if absent
+    (on ``max_train`` seeded training images when given)."""
     from flawmap.data import MVTecDataset
     from flawmap.models import create_model, load_model, model_class
 
-    folder = models_dir / category / name
+    folder = models_dir / category / (name if max_train is None else f"{name}-train{max_train}")
     if folder.exists():
         try:
             model = load_model(folder)
-            if model.name == name and tuple(model.transform.output_size) == (IMAGE_SIZE,) * 2:
+            same_size = tuple(model.transform.output_size) == (IMAGE_SIZE, IMAGE_SIZE)
+            epochs = model.get_params().get("epochs")
+            if model.name == name and same_size and epochs in (None, SHORT_EPOCHS):
                 return model
         except Exception as exc:
             print(f"refitting {folder}: {exc}", file=sys.stderr)
@@ -246,18 +366,19 @@ def _fitted_model(name: str, category: str, root: Path, models_dir: Path, seed: 
     if "epochs" in model_class(name)().get_params():
         params["epochs"] = SHORT_EPOCHS
     model = create_model(name, **params)
-    model.fit(MVTecDataset(root, "train", transform=model.transform))
+    model.fit(_subset(MVTecDataset(root, "train", transform=model.transform), max_train, seed))
     model.save(folder, overwrite=True)
     return model
 
 
-def _export(model: Any, variant: str, root: Path, folder: Path, seed: int) -> Path:
-    """The export of ``variant``, reused when ``folder`` holds one of this fit."""
+def _export(model: Any, variant: str, root: Path, folder: Path, seed: int, *, reuse: bool) -> Path:
+    """The export of ``variant`` written to ``folder``; with ``reuse``, an export of this fit
+    already there is kept (exports made by older export code are not detected)."""
     from flawmap.data import MVTecDataset
     from flawmap.export import export_model
     from flawmap.runtime import is_export_folder, read_export
 
-    if is_export_folder(folder):
+    if reuse and is_export_folder(folder):
         try:
             if read_export(folder).meta.get("fit_id") == model.fit_id_:
                 return folder
@@ -273,8 +394,9 @@ def _export(model: Any, variant: str, root: Path, folder: Path, seed: int) -> Pa
     )  # fmt: skip
 
 
-def _flops(model: Any) -> float:
-    """Floating-point operations of one image (see the module docstring)."""
+def _flops(model: Any) -> tuple[float, float]:
+    """Floating-point operations of one image, in all and of them the nearest-neighbour search
+    (0 for models without a memory bank; see the module docstring)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -284,12 +406,17 @@ def _flops(model: Any) -> float:
     with torch.inference_mode(), counter:
         module(x)
     flops = float(counter.get_total_flops())
+    search = 0.0
     bank = getattr(module, "memory_bank", None)
     if bank is not None and hasattr(module, "embed"):
         with torch.inference_mode():
             _, d, h, w = module.embed(x).shape
-        flops += 2.0 * h * w * bank.shape[0] * d
-    return flops
+        search = 2.0 * h * w * bank.shape[0] * d
+    return flops + search, search
+
+
+def _progress(what: str, since: float) -> None:
+    print(f"   {what} ({time.perf_counter() - since:.0f} s)", file=sys.stderr, flush=True)
 
 
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -306,22 +433,36 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     root = Path(args.datasets) / CATEGORIES[args.category]
     models_dir, exports_dir = Path(args.models_dir), Path(args.exports_dir)
     start = time.perf_counter()
-    model = _fitted_model(args.model, args.category, root, models_dir, args.seed)
+    model = _fitted_model(
+        args.model, args.category, root, models_dir, args.seed, _cap(args.max_train, args.category)
+    )
     fit_s = time.perf_counter() - start
+    _progress("model fitted or loaded", start)
     variants = [v for v in args.variants.split(",") if v != "torch"]
     runtimes, export_s = {}, {}
     for variant in variants:
         start = time.perf_counter()
         folder = _export(
-            model, variant, root, exports_dir / args.category / args.model / variant, 0
+            model,
+            variant,
+            root,
+            exports_dir / args.category / args.model / variant,
+            0,
+            reuse=args.reuse_exports,
         )
         export_s[variant] = time.perf_counter() - start
         runtimes[variant] = load_exported(folder, threads=THREADS)
+        _progress(f"{variant} exported or loaded", start)
     module, transform = model.module, model.transform
-    test = MVTecDataset(root, "test", transform=transform)
-    paths = [s.path for s in test.samples]
+    full_test = MVTecDataset(root, "test", transform=transform)
+    limit = _cap(args.max_test, args.category)
+    test = _subset(full_test, limit, args.seed)
+    chosen = test.indices if limit is not None and limit < len(full_test) else range(len(full_test))
+    paths = [full_test.samples[i].path for i in chosen]
 
-    # accuracy: the whole test set, 8 images at a time, decoded once for every variant
+    # accuracy: the whole test set, 8 images at a time (decoded once for torch through the
+    # dataset, once for every export through the runtime's pre-processing)
+    start = time.perf_counter()
     scores: dict[str, list[np.ndarray]] = {v: [] for v in ["torch", *variants]}
     maps: dict[str, list[np.ndarray]] = {v: [] for v in scores}
     masks, labels = [], []
@@ -341,6 +482,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 pred = rt.predict(batch)
                 scores[variant].append(pred.scores)
                 maps[variant].append(pred.maps)
+    _progress(f"{len(test)} test images scored by every variant", start)
     label_arr, mask_arr = np.concatenate(labels), np.concatenate(masks)
     threshold = model.threshold
     ref_scores = np.concatenate(scores["torch"])
@@ -394,10 +536,13 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         return {name: wrap(name, fn) for name, fn in fns.items()}
 
+    start = time.perf_counter()
     quiet = interleaved(rotating(single), args.warmup, args.runs)
+    _progress("quiet latency", start)
     with BusyLoad(LOAD_PROCESSES):
         time.sleep(1.0)
         loaded = interleaved(rotating(single), args.warmup, args.runs)
+    _progress("loaded latency", start)
 
     # throughput at batch 8 from a pre-processed batch
     batch_t = torch.stack([transform.image(p) for p in pils])
@@ -413,7 +558,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     b8 = interleaved(eight, 2, max(3, args.runs // 3))
 
-    flops = _flops(model)
+    flops, search_flops = _flops(model)
     records = []
     torch_median = statistics.median(quiet["torch"])
     for variant in single:
@@ -433,6 +578,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "runs": args.runs,
                 "warmup": args.warmup,
                 "n_test": len(test),
+                "n_train": model.n_train_,
                 **q,
                 "loaded_median_ms": ld["median_ms"],
                 "loaded_p95_ms": ld["p95_ms"],
@@ -440,6 +586,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "ratio_to_torch": ratio(statistics.median(quiet[variant]), torch_median),
                 "throughput_b8_ips": 8.0 / statistics.median(b8[variant]),
                 "gflop": flops / 1e9,
+                "search_gflop": search_flops / 1e9,
                 **accuracy[variant],
                 "fit_or_load_s": fit_s,
                 "export_or_load_s": export_s.get(variant),
@@ -460,7 +607,9 @@ def threading_probe(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(args.datasets) / CATEGORIES[args.category]
     models_dir, exports_dir = Path(args.models_dir), Path(args.exports_dir)
     torch.set_num_threads(args.threads)
-    model = _fitted_model(args.model, args.category, root, models_dir, args.seed)
+    model = _fitted_model(
+        args.model, args.category, root, models_dir, args.seed, _cap(args.max_train, args.category)
+    )
     test = MVTecDataset(root, "test", transform=model.transform)
     pil = load_image(test.samples[0].path)
     if args.engine == "torch":
@@ -473,7 +622,12 @@ def threading_probe(args: argparse.Namespace) -> dict[str, Any]:
         setting = f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}"
     else:
         folder = _export(
-            model, args.engine, root, exports_dir / args.category / args.model / args.engine, 0
+            model,
+            args.engine,
+            root,
+            exports_dir / args.category / args.model / args.engine,
+            0,
+            reuse=args.reuse_exports,
         )
         rt = load_exported(folder, threads=args.threads, spin=bool(args.spin))
 
@@ -507,21 +661,38 @@ def threading_probe(args: argparse.Namespace) -> dict[str, Any]:
 def run_worker(argv: list[str], what: str, env: dict[str, str] | None = None) -> Any:
     """Run this script with ``argv`` in a fresh interpreter; its last ``RESULT`` line's JSON."""
     full_env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, __file__, *argv], capture_output=True, text=True, env=full_env, check=False
+    proc = subprocess.run(  # stderr passes through: the worker's progress lines
+        [sys.executable, __file__, *argv],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        check=False,
     )
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout + proc.stderr)
+        sys.stderr.write(proc.stdout)
         raise SystemExit(f"{what} failed")
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+def _cap(spec: str | None, category: str) -> int | None:
+    """``--max-train`` / ``--max-test``: ``N`` for every category or ``cat=N,cat=N``."""
+    if not spec:
+        return None
+    if "=" not in spec:
+        return int(spec)
+    caps = dict(item.split("=") for item in spec.split(","))
+    return int(caps[category]) if category in caps else None
+
+
 def _common_argv(args: argparse.Namespace) -> list[str]:
     return [
+        *(["--max-train", args.max_train] if args.max_train else []),
+        *(["--max-test", args.max_test] if args.max_test else []),
         "--datasets", args.datasets, "--models-dir", args.models_dir,
         "--exports-dir", args.exports_dir, "--runs", str(args.runs),
         "--warmup", str(args.warmup), "--seed", str(args.seed),
+        *(["--reuse-exports"] if args.reuse_exports else []),
     ]  # fmt: skip
 
 
@@ -551,6 +722,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models-dir", default=str(ROOT / "runs" / "speed_models"))
     parser.add_argument("--exports-dir", default=str(ROOT / "runs" / "speed_exports"))
+    parser.add_argument(
+        "--reuse-exports",
+        action="store_true",
+        help="keep exports of the same fit found in --exports-dir (default: export again)",
+    )
+    parser.add_argument(
+        "--max-train",
+        default=None,
+        help="seeded subset of training images: N, or category=N,... (default: all)",
+    )
+    parser.add_argument(
+        "--max-test",
+        default=None,
+        help="seeded subset of test images for the accuracy columns: N or category=N,...",
+    )
     parser.add_argument("--no-threading", action="store_true", help="skip the threading table")
     parser.add_argument("--table-only", action="store_true", help="rewrite speed.md only")
     parser.add_argument("--name", default="speed", help="results file stem")
@@ -620,6 +806,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     worker = ["--worker", "threading", "--model", THREADING_MODEL]
                     worker += ["--category", category, "--engine", engine]
                     worker += ["--threads", str(threads), "--spin", str(spin)]
+                    if THREADING_MODEL in models and not args.reuse_exports:
+                        worker.append("--reuse-exports")  # exported by this run just now
                     record = run_worker(
                         [*worker, *_common_argv(args)],
                         f"threading {engine}",

@@ -145,3 +145,27 @@ def test_busy_load_processes_spin_while_running(load: ModuleType) -> None:
 def test_best_seconds_is_the_fastest_call(load: ModuleType) -> None:
     delays = iter([0.0, 0.0, 0.03, 0.01, 0.02])
     assert load.best_seconds(lambda: time.sleep(next(delays)), repeats=3, warmup=2) < 0.02
+
+
+def test_targets_pick_the_fastest_export_that_keeps_parity(speed: ModuleType) -> None:
+    ref = {"image_auroc": 0.99, "pixel_auroc": 0.98, "label_agreement_pct": 100.0}
+    rows = [
+        _variant("padim", "torch", median_ms=60.0, **ref),
+        # fastest, but its labels drift: does not count
+        _variant("padim", "openvino-int8", median_ms=5.0, **{**ref, "label_agreement_pct": 90.0}),
+        _variant("padim", "openvino-bf16", median_ms=12.0, loaded_over_quiet=2.0, **ref),
+        _variant("padim", "onnx-fp32", median_ms=20.0, loaded_over_quiet=1.5, **ref),
+        _variant("patchcore", "torch", category="magnetic_tile", median_ms=100.0, **ref),
+        _variant("patchcore", "onnx-int8", category="magnetic_tile", median_ms=30.0,
+                 **{**ref, "pixel_auroc": 0.97}),
+    ]  # fmt: skip
+    found = {(r["category"], r["model"]): r for r in speed.targets_rows(rows)}
+    padim = found[("bottle", "padim")]
+    assert padim["best export"] == "openvino-bf16"
+    assert padim["speedup"] == pytest.approx(5.0)
+    assert padim["target_ms"] == 15.0 and padim["met"] == "yes"
+    patchcore = found[("magnetic_tile", "patchcore")]
+    assert patchcore["best export"] == "none keeps parity" and "met" not in patchcore
+    assert patchcore["target_ms"] == 40.0
+    slow = speed.targets_rows([rows[0], {**rows[3], "median_ms": 40.0}])[0]
+    assert slow["met"] == "no"  # 1.5x torch, over 15 ms
