@@ -1,15 +1,17 @@
 """Export a fitted model to ONNX or OpenVINO for :mod:`flawmap.runtime` (no torch needed there).
 
 ``export_model(model, out, format=..., precision=...)`` traces the graphs of the module's
-:meth:`~flawmap.models.base.AnomalyModule.export_plan` to ONNX (opset 17), then:
+:meth:`~flawmap.models.base.AnomalyModule.export_plan` to ONNX (opset 17): the backbone, the
+head (or, for PatchCore, the patch features and the post-processing around the memory-bank
+search the runtime does). A reduced precision applies to the backbone graph only; heads,
+distances and post-processing stay fp32. Then:
 
 - ``onnx``: ``fp32`` as traced; ``int8``: ONNX Runtime static quantisation (QDQ, per-channel
-  int8 weights, uint8 activations) of the convolutions, calibrated on good training images;
-  ``bf16`` is refused (ONNX Runtime's CPU kernels have no bf16 convolutions);
-- ``openvino``: the ONNX graph converted to OpenVINO IR with fp32 weights; ``bf16`` is an
+  int8 weights, uint8 activations) of the backbone's convolutions, calibrated on good training
+  images; ``bf16`` is refused (ONNX Runtime's CPU kernels have no bf16 convolutions);
+- ``openvino``: the ONNX graphs converted to OpenVINO IR with fp32 weights; ``bf16`` is an
   inference precision the runtime asks OpenVINO for (AMX/AVX-512 BF16 where the CPU has them);
-  ``int8``: NNCF post-training quantisation of the convolutions, calibrated on good training
-  images.
+  ``int8``: NNCF post-training quantisation of the backbone, calibrated on good training images.
 
 The threshold, the pre-processing and the model's parameters are written as plain JSON files
 beside the graphs (:mod:`flawmap.runtime.format`), never into a graph.
