@@ -21,6 +21,7 @@ from flawmap.errors import ConfigError, DataError
 from flawmap.export import export_model
 from flawmap.models.base import Detector
 from flawmap.runtime import load_exported
+from flawmap.runtime.model import DEFAULT_SEARCH
 from tests.unit.test_export import fit_small, seeded_images
 
 #: PatchCore (runtime search) and a single-graph model.
@@ -195,7 +196,9 @@ def test_pruned_and_faiss_searches_agree(exports, models, images) -> None:
     default = load_exported(folder)
     faiss = load_exported(folder, search="faiss")
     pruned = load_exported(folder, search="pruned")
-    assert type(default.search) is type(faiss.search) is not type(pruned.search)
+    by_name = {"faiss": faiss, "pruned": pruned}
+    assert type(faiss.search) is not type(pruned.search)
+    assert type(default.search) is type(by_name[DEFAULT_SEARCH].search)
     queries = (
         np.random.default_rng(24)
         .normal(size=(500, np.load(folder / "memory_bank.npy").shape[1]))
