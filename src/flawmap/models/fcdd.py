@@ -282,7 +282,7 @@ def local_contrast_normalization(images: torch.Tensor, eps: float = 1e-8) -> tor
 
 def _image_mean(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, 1, 1, 1) mean, taken per row first: one float32 reduction over a
-    whole image (ONNX Runtime's ReduceMean) loses ~1e-4 relative; row by row it does not."""
+    whole image (ONNX Runtime's ReduceMean) loses precision that row by row it keeps."""
     return x.mean(dim=3, keepdim=True).mean(dim=(1, 2), keepdim=True)
 
 
