@@ -214,16 +214,69 @@ def _trace_onnx(plan: ExportPlan, name: str, path: Path) -> None:
         contextlib.redirect_stdout(io.StringIO()),
     ):
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            part.module,
-            part.examples,
-            str(path),
-            input_names=list(part.inputs),
-            output_names=list(part.outputs),
-            dynamic_axes=dynamic,
-            opset_version=OPSET,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                part.module,
+                part.examples,
+                str(path),
+                input_names=list(part.inputs),
+                output_names=list(part.outputs),
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        except Exception as exc:  # an operation the tracer or ONNX cannot express
+            what = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise ConfigError(
+                f"the {name} graph of this model cannot be exported to ONNX ({what}); a model "
+                "whose scoring leaves torch must say how in AnomalyModule.export_plan"
+            ) from exc
+
+
+#: A traced graph must reproduce its module on inputs it was not traced with to this fraction
+#: of each output's range (fp32 rounding is far below it; a value traced as a constant is not).
+CHECK_TOLERANCE = 1e-3
+
+
+def _check_inputs(plan: ExportPlan) -> dict[str, torch.Tensor]:
+    """Inputs of every graph for :func:`_check_traced`: two seeded random images, each graph's
+    torch outputs for the next, seeded random values for what the runtime computes itself."""
+    generator = torch.Generator().manual_seed(0)
+    first = next(iter(plan.graphs.values()))
+    images = torch.rand(2, *first.examples[0].shape[1:], generator=generator)
+    values: dict[str, torch.Tensor] = {"images": images}
+    with torch.no_grad():
+        for part in plan.graphs.values():
+            for key, example in zip(part.inputs, part.examples, strict=True):
+                if key not in values:
+                    shape = (2, *example.shape[1:])
+                    values[key] = torch.rand(shape, generator=generator) + 0.5
+            out = part.module(*(values[key] for key in part.inputs))
+            out = out if isinstance(out, tuple | list) else (out,)
+            values.update(zip(part.outputs, out, strict=True))
+    return values
+
+
+def _check_traced(plan: ExportPlan, name: str, path: Path, values: dict[str, torch.Tensor]) -> None:
+    """ConfigError unless the ONNX graph ``path`` gives the module's outputs on ``values``:
+    tracing records any step that leaves torch (numpy, Python numbers) as a constant, and such
+    an export would score every image alike without a word."""
+    import onnxruntime as ort
+
+    part = plan.graphs[name]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {i.name: values[i.name].numpy() for i in session.get_inputs()}
+    for output, got in zip(part.outputs, session.run(list(part.outputs), feeds), strict=True):
+        want = values[output].numpy()
+        scale = max(float(want.max() - want.min()), float(np.abs(want).max()), 1e-12)
+        error = float(np.abs(got - want).max()) / scale
+        if not error <= CHECK_TOLERANCE:
+            raise ConfigError(
+                f"the {name} graph of this model cannot be exported faithfully: on new inputs "
+                f"its output {output!r} differs from the model's by {error:.2g} of its range "
+                "(a step that leaves torch was traced as a constant); a model whose scoring "
+                "leaves torch must say how in AnomalyModule.export_plan"
+            )
 
 
 def _write_graphs(
@@ -232,9 +285,11 @@ def _write_graphs(
     """Write every graph of ``plan`` into ``folder``; returns graph name -> file name. Only the
     backbone graph is quantised (int8)."""
     files = {}
+    check_inputs = _check_inputs(plan)
     for name in plan.graphs:
         onnx_path = folder / f"{name}.onnx"
         _trace_onnx(plan, name, onnx_path)
+        _check_traced(plan, name, onnx_path, check_inputs)
         feeds = list(samples) if samples is not None and name == REDUCED_PRECISION_GRAPH else None
         if format == "onnx":
             if feeds is not None:

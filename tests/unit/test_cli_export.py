@@ -88,3 +88,25 @@ def test_exporting_leaves_the_fitted_module_in_eval_mode(tmp_path: Path) -> None
         export_model(model, tmp_path / fmt, format=fmt)
         assert not any(m.training for m in model.module.modules())
         np.testing.assert_array_equal(model.predict(images[:4]).scores, before)
+
+
+def test_a_module_that_cannot_be_traced_fails_with_the_reason(tmp_path: Path) -> None:
+    """A head that leaves torch (numpy) without an export path is refused with a message that
+    names the graph and what to do, not an exporter traceback."""
+    from flawmap.errors import ConfigError
+    from flawmap.models.padim import PadimModule
+
+    images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    model = create_model("padim", weights="random", image_size=64).fit(images)
+
+    def untraceable(self: PadimModule, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.embed(x).numpy()).mean(1, keepdim=True)
+
+    original = PadimModule.patch_scores
+    PadimModule.patch_scores = untraceable  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ConfigError, match=r"head graph .* cannot be exported faithfully.*export_plan"):
+            export_model(model, tmp_path / "e")
+    finally:
+        PadimModule.patch_scores = original  # type: ignore[method-assign]
+    assert not (tmp_path / "e").exists()
