@@ -105,7 +105,9 @@ def test_a_module_that_cannot_be_traced_fails_with_the_reason(tmp_path: Path) ->
     original = PadimModule.patch_scores
     PadimModule.patch_scores = untraceable  # type: ignore[method-assign]
     try:
-        with pytest.raises(ConfigError, match=r"head graph .* cannot be exported faithfully.*export_plan"):
+        with pytest.raises(
+            ConfigError, match=r"head graph .* cannot be exported faithfully.*export_plan"
+        ):
             export_model(model, tmp_path / "e")
     finally:
         PadimModule.patch_scores = original  # type: ignore[method-assign]
