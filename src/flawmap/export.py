@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -361,9 +360,3 @@ def _to_openvino(onnx_path: Path, feeds: list[np.ndarray] | None) -> Path:
     xml = onnx_path.with_suffix(".xml")
     ov.save_model(ov_model, str(xml), compress_to_fp16=False)
     return xml
-
-
-def export_info_text(folder: str | Path) -> str:
-    """A one-line summary of an export folder, for the command line."""
-    meta = json.loads((Path(folder) / MODEL_FILE).read_text())
-    return f"{meta['model']} ({meta['backend']}, {meta['precision']}, head {meta['head']})"

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from flawmap.errors import ConfigError, DataError, NotFittedError
+from flawmap.errors import ConfigError, DataError
 from flawmap.runtime.backends import Graph, open_graph
 from flawmap.runtime.format import THRESHOLD_FILE, ExportInfo, read_export
 from flawmap.runtime.preprocess import Preprocessor
@@ -153,12 +153,6 @@ class ExportedModel:
         temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
         temporary.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         os.replace(temporary, target)
-
-    def labels(self, scores: np.ndarray) -> np.ndarray:
-        """``scores >= threshold``; NotFittedError without a threshold."""
-        if self.threshold is None:
-            raise NotFittedError(f"{self.folder} has no threshold; set one in {THRESHOLD_FILE}")
-        return np.asarray(scores) >= self.threshold
 
     # ------------------------------------------------------------------ internals
     def _checked(self, images: np.ndarray) -> np.ndarray:
