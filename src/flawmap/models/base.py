@@ -33,7 +33,7 @@ import random
 import time
 import typing
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -372,6 +372,52 @@ def as_dataset(data: Dataset | torch.Tensor | np.ndarray) -> Dataset:
     )
 
 
+def checked_threshold(value: Any) -> float:
+    """``value`` as a float; ConfigError unless it is a finite real number (bools refused)."""
+    if (
+        isinstance(value, bool | np.bool_)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+    ):
+        raise ConfigError(
+            f"threshold must be a finite number (int or float), got {value!r} "
+            f"({type(value).__name__})"
+        )
+    return float(value)
+
+
+def collect_prediction(
+    batches: Iterable[dict[str, Any]],
+    score: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]],
+    threshold: float | None,
+    keep: tuple[str, ...] = (),
+) -> Prediction:
+    """Score every batch (``score(images) -> (scores (B,), maps (B, H, W))``) into one
+    :class:`Prediction`, labelled at ``threshold``, with the batch fields named in ``keep``."""
+    scores, maps, paths = [], [], []
+    kept: dict[str, list[np.ndarray]] = {k: [] for k in keep}
+    for batch in batches:
+        s, m = score(batch["image"])
+        scores.append(np.asarray(s))
+        maps.append(np.asarray(m))
+        paths.extend(str(p) for p in batch.get("path", [""] * len(s)))
+        for key in keep:
+            if key not in batch:
+                raise DataError(f"the dataset items have no field {key!r}")
+            kept[key].append(np.asarray(batch[key]))
+    if not scores:
+        raise DataError("no images to predict")
+    score_arr = np.concatenate(scores).astype(np.float32)
+    return Prediction(
+        scores=score_arr,
+        maps=np.concatenate(maps).astype(np.float32),
+        labels=None if threshold is None else score_arr >= threshold,
+        threshold=threshold,
+        paths=paths,
+        targets={k: np.concatenate(v) for k, v in kept.items()},
+    )
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (every random step also takes its own seeded generator)."""
     random.seed(seed)
@@ -610,44 +656,22 @@ class Detector(abc.ABC):
         ``Prediction.targets``, so evaluation reads every image once.
         """
         module = self._fitted_module()
-        dataset = as_dataset(data)
-        scores, maps, paths = [], [], []
-        kept: dict[str, list[np.ndarray]] = {k: [] for k in keep}
-        for batch in self.batches(dataset, progress, desc="predict"):
-            s, m = module(batch["image"])
-            scores.append(s.float().numpy())
-            maps.append(m.float().numpy())
-            paths.extend(str(p) for p in batch.get("path", [""] * len(s)))
-            for key in keep:
-                if key not in batch:
-                    raise DataError(f"the dataset items have no field {key!r}")
-                kept[key].append(np.asarray(batch[key]))
-        if not scores:
-            raise DataError("no images to predict")
-        score_arr = np.concatenate(scores).astype(np.float32)
         threshold = float(module.threshold)
-        has_threshold = not math.isnan(threshold)
-        return Prediction(
-            scores=score_arr,
-            maps=np.concatenate(maps).astype(np.float32),
-            labels=score_arr >= threshold if has_threshold else None,
-            threshold=threshold if has_threshold else None,
-            paths=paths,
-            targets={k: np.concatenate(v) for k, v in kept.items()},
+
+        def score(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+            scores, maps = module(images)
+            return scores.float().numpy(), maps.float().numpy()
+
+        return collect_prediction(
+            self.batches(as_dataset(data), progress, desc="predict"),
+            score,
+            None if math.isnan(threshold) else threshold,
+            keep,
         )
 
     def set_threshold(self, value: float) -> None:
         """Replace the learned threshold (e.g. one chosen on a validation set of your own)."""
-        if (
-            isinstance(value, bool | np.bool_)
-            or not isinstance(value, numbers.Real)
-            or not math.isfinite(float(value))
-        ):
-            raise ConfigError(
-                f"threshold must be a finite number (int or float), got {value!r} "
-                f"({type(value).__name__})"
-            )
-        self._fitted_module().threshold.fill_(float(value))
+        self._fitted_module().threshold.fill_(checked_threshold(value))
 
     @contextlib.contextmanager
     def threshold_override(self, value: float | None) -> Iterator[None]:

@@ -4,8 +4,6 @@ the same code as the model it came from (the scoring itself is :mod:`flawmap.run
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from flawmap.data import ImageTransform
-from flawmap.errors import ConfigError, DataError
-from flawmap.models.base import Prediction, as_dataset
+from flawmap.models.base import Prediction, as_dataset, checked_threshold, collect_prediction
 from flawmap.runtime import ExportedModel, load_exported
 
 
@@ -67,16 +64,11 @@ class ExportedDetector:
     @contextlib.contextmanager
     def threshold_override(self, value: float | None) -> Iterator[None]:
         """Use ``value`` (a finite number; ``None``: keep the export's) inside the block."""
-        if value is not None and (
-            isinstance(value, bool | np.bool_)
-            or not isinstance(value, numbers.Real)
-            or not math.isfinite(float(value))
-        ):
-            raise ConfigError(f"threshold must be a finite number, got {value!r}")
+        checked = None if value is None else checked_threshold(value)
         learned = self.runtime.threshold
         try:
-            if value is not None:
-                self.runtime.threshold = float(value)
+            if checked is not None:
+                self.runtime.threshold = checked
             yield
         finally:
             self.runtime.threshold = learned
@@ -89,31 +81,14 @@ class ExportedDetector:
         keep: tuple[str, ...] = (),
     ) -> Prediction:
         """As :meth:`flawmap.models.Detector.predict`, scored by the runtime."""
-        dataset = as_dataset(data)
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=0)
-        scores, maps, paths = [], [], []
-        kept: dict[str, list[np.ndarray]] = {k: [] for k in keep}
-        for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
-            out = self.runtime.predict(batch["image"].numpy(), batch_size=self.batch_size)
-            scores.append(out.scores)
-            maps.append(out.maps)
-            paths.extend(str(p) for p in batch.get("path", [""] * len(out.scores)))
-            for key in keep:
-                if key not in batch:
-                    raise DataError(f"the dataset items have no field {key!r}")
-                kept[key].append(np.asarray(batch[key]))
-        if not scores:
-            raise DataError("no images to predict")
-        score_arr = np.concatenate(scores).astype(np.float32)
-        threshold = self.runtime.threshold
-        return Prediction(
-            scores=score_arr,
-            maps=np.concatenate(maps).astype(np.float32),
-            labels=None if threshold is None else score_arr >= threshold,
-            threshold=threshold,
-            paths=paths,
-            targets={k: np.concatenate(v) for k, v in kept.items()},
-        )
+        loader = DataLoader(as_dataset(data), batch_size=self.batch_size, shuffle=False)
+        batches = tqdm(loader, desc="predict", disable=not progress, leave=False)
+
+        def score(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+            out = self.runtime.predict(images.numpy(), batch_size=len(images))
+            return out.scores, out.maps
+
+        return collect_prediction(batches, score, self.runtime.threshold, keep)
 
 
 def load_any(folder: str | Path, *, threads: int | None = None) -> Any:
