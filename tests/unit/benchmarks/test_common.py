@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,16 +11,14 @@ from types import ModuleType
 
 import pytest
 
+from tests.unit.benchmarks.loader import load_benchmark
+
 COMMON = Path(__file__).resolve().parents[3] / "benchmarks" / "common.py"
 
 
 @pytest.fixture(scope="module")
 def common() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("benchmarks_common", COMMON)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("common.py")
 
 
 def record(seed: int, model: str = "mlff", category: str = "bottle", **fields) -> dict:

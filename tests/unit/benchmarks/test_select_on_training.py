@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -12,23 +10,12 @@ import pytest
 import torch
 
 from flawmap.synth import CutPaste, DefectSynthesizer
-
-BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
+from tests.unit.benchmarks.loader import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def selection() -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))  # select_on_training imports its sibling ``common``
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "benchmarks_select", BENCHMARKS / "select_on_training.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+    return load_benchmark("select_on_training.py")
 
 
 def row(category: str, value: float, score: float, source: str | None) -> dict:
@@ -80,17 +67,7 @@ def test_rows_of_another_validation_source_are_not_mixed(
 
 @pytest.fixture(scope="module")
 def texture_source(selection: ModuleType) -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "benchmarks_texture_source", BENCHMARKS / "texture_source.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+    return load_benchmark("texture_source.py")
 
 
 def test_without_texture_kind_is_the_old_no_folder_synthesizer(

@@ -3,38 +3,24 @@ the CPU load generator (the measurements themselves run in the benchmark, not he
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
-
-
-def _load(name: str, file: str) -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))  # speed imports its siblings ``common`` and ``load``
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / file)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+from tests.unit.benchmarks.loader import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def speed() -> ModuleType:
-    return _load("benchmarks_speed", "speed.py")
+    return load_benchmark("speed.py")
 
 
 @pytest.fixture(scope="module")
 def load() -> ModuleType:
-    return _load("benchmarks_load", "load.py")
+    return load_benchmark("load.py")
 
 
 def test_percentile_interpolates_between_ranks(speed: ModuleType) -> None:
