@@ -23,7 +23,6 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +118,7 @@ def _write_export(
     plan: ExportPlan,
     format: str,
     precision: str,
-    samples: _Calibration | None,
+    samples: list[np.ndarray] | None,
     seed: int,
 ) -> None:
 
@@ -152,7 +151,7 @@ def _write_export(
             "arrays": arrays,
             "calibration": None
             if samples is None
-            else {"images": samples.count, "source": "good training images", "seed": seed},
+            else {"images": len(samples), "source": "good training images", "seed": seed},
             "files": {name: file_sha256(staging / name) for name in written},
         }
         crop = model.transform.center_crop
@@ -181,18 +180,9 @@ def _write_export(
     write_folder_atomic(target, write)
 
 
-class _Calibration:
-    """Good training images for int8 calibration, in batches of one (N, 3, H, W) float32."""
-
-    def __init__(self, images: list[np.ndarray]) -> None:
-        self.images = images
-        self.count = len(images)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return iter(self.images)
-
-
-def _calibration_batches(model: Detector, data: Dataset | None, seed: int) -> _Calibration:
+def _calibration_batches(model: Detector, data: Dataset | None, seed: int) -> list[np.ndarray]:
+    """Good training images for int8 calibration: a seeded subset of at most
+    :data:`CALIBRATION_IMAGES`, each a (1, 3, H, W) float32 batch."""
     if data is None or len(data) == 0:  # type: ignore[arg-type]
         raise DataError("no calibration images: int8 export needs good training images")
     n = len(data)  # type: ignore[arg-type]
@@ -201,7 +191,7 @@ def _calibration_batches(model: Detector, data: Dataset | None, seed: int) -> _C
     images = []
     for batch in model.batches(subset):
         images.extend(x[None].numpy().astype(np.float32) for x in batch["image"])
-    return _Calibration(images)
+    return images
 
 
 def _trace_onnx(plan: ExportPlan, name: str, path: Path) -> None:
@@ -279,7 +269,7 @@ def _check_traced(plan: ExportPlan, name: str, path: Path, values: dict[str, tor
 
 
 def _write_graphs(
-    plan: ExportPlan, folder: Path, format: str, precision: str, samples: _Calibration | None
+    plan: ExportPlan, folder: Path, format: str, precision: str, samples: list[np.ndarray] | None
 ) -> dict[str, str]:
     """Write every graph of ``plan`` into ``folder``; returns graph name -> file name. Only the
     backbone graph is quantised (int8)."""
@@ -289,7 +279,7 @@ def _write_graphs(
         onnx_path = folder / f"{name}.onnx"
         _trace_onnx(plan, name, onnx_path)
         _check_traced(plan, name, onnx_path, check_inputs)
-        feeds = list(samples) if samples is not None and name == REDUCED_PRECISION_GRAPH else None
+        feeds = samples if name == REDUCED_PRECISION_GRAPH else None
         if format == "onnx":
             if feeds is not None:
                 _quantise_onnx(onnx_path, feeds)
