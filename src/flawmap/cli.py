@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import math
 import os
 import sys
@@ -62,6 +63,9 @@ def _convert(raw: str, annotation: Any, key: str) -> Any:
             except ValueError:
                 continue
     if tuple in options or typing.get_origin(annotation) in (tuple, list):
+        sides = raw.lower().split("x")
+        if len(sides) == 2 and all(side.strip().isdigit() for side in sides):
+            return (int(sides[0]), int(sides[1]))  # HxW
         try:
             value = ast.literal_eval(raw if raw.startswith(("(", "[")) else f"({raw},)")
             return tuple(value)
@@ -115,6 +119,14 @@ def finite_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = finite_float(text)
+    if value <= 0.0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
     return value
 
 
@@ -356,6 +368,66 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def parse_candidate(text: str) -> Any:
+    """``MODEL`` or ``MODEL:KEY=VALUE:KEY=VALUE`` -> a :class:`flawmap.tuning.Candidate`
+    (values converted to each parameter's annotated type)."""
+    from flawmap.models import model_class
+    from flawmap.tuning import Candidate
+
+    name, *pairs = (part.strip() for part in text.split(":"))
+    types_by_name = model_class(name).param_types()
+    return Candidate(name, dict(parse_param(p, types_by_name) for p in pairs if p))
+
+
+def read_candidates(entries: Sequence[str]) -> list[Any]:
+    """``--candidates``: specs (see :func:`parse_candidate`) and/or JSON files holding a list of
+    ``{"model": ..., "params": {...}}``."""
+    from flawmap.tuning import Candidate
+
+    out: list[Any] = []
+    for entry in entries:
+        if entry.endswith(".json"):
+            path = Path(entry)
+            try:
+                items = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"cannot read candidates file {path}: {exc}") from exc
+            if not isinstance(items, list) or not all(
+                isinstance(i, dict) and isinstance(i.get("model"), str) for i in items
+            ):
+                raise ConfigError(
+                    f'{path} must hold a JSON list of {{"model": NAME, "params": {{...}}}}'
+                )
+            out += [Candidate(i["model"], dict(i.get("params") or {})) for i in items]
+        else:
+            out.append(parse_candidate(entry))
+    return out
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from flawmap.models.folder import check_save_target
+
+    check_save_target(args.out, args.overwrite)
+    _set_threads(args.threads)
+    from flawmap.tuning import DEFAULT_CANDIDATES, tune, write_tuned
+
+    candidates = read_candidates(args.candidates) if args.candidates else DEFAULT_CANDIDATES
+    result = tune(
+        args.data,
+        candidates=candidates,
+        val_dir=args.val,
+        budget_seconds=60.0 * args.budget,
+        val_fraction=args.val_fraction,
+        max_latency_ms=args.max_latency_ms,
+        seed=args.seed,
+        log=(lambda _message: None) if args.quiet else print,
+    )
+    out = write_tuned(result, args.out, overwrite=args.overwrite)
+    print(result.markdown())
+    print(f"chose {result.chosen.candidate.label if result.chosen else '-'}; saved to {out}")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from flawmap.outputs import check_output_folder
 
@@ -525,6 +597,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "tune",
+        help="choose a model and settings on training data (or a validation folder), never test",
+        description="Fit every candidate on the category's train/good images (less a held-out "
+        "slice), score it on a validation set, and save the best with a table of all. "
+        "Criterion (a), the default: the held-out good images plus synthetic defects. "
+        "Criterion (b), with --val: your labelled images (VAL/<defect>/*, optional VAL/good/* "
+        "and VAL/ground_truth/<defect>/<stem>_mask.png), which must not be test images. The "
+        "test/ folder is never read.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="category folder with train/good/")
+    p.add_argument("--out", required=True, type=Path, help="model folder to write")
+    p.add_argument(
+        "--val", type=Path, default=None, help="validation folder of real defects (criterion b)"
+    )
+    p.add_argument(
+        "--budget", type=positive_float, default=30.0, help="minutes to spend (default 30)"
+    )
+    p.add_argument(
+        "--candidates",
+        nargs="+",
+        default=None,
+        metavar="SPEC",
+        help="MODEL or MODEL:KEY=VALUE:KEY=VALUE, or a JSON file of "
+        '[{"model": ..., "params": {...}}] (default: the built-in search)',
+    )
+    p.add_argument(
+        "--max-latency-ms",
+        type=positive_float,
+        default=None,
+        help="only choose candidates at most this slow per image (batch 1)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=open_unit_interval,
+        default=0.2,
+        help="share of train/good held out of fitting for validation (default 0.2)",
+    )
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed, >= 0")
+    p.add_argument("--overwrite", action="store_true", help="replace the model in --out, if any")
+    common(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("demo", help="fit and evaluate PatchCore on ELPV solar cells (offline)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")

@@ -124,6 +124,10 @@ class FeatureExtractor(nn.Module):
             statistics fixed). ``0`` (default; ``None`` reads the same) = all frozen.
         truncate: drop backbone blocks after the last chosen stage that timm would still run
             (EfficientNet-style backbones); same outputs, less compute, fewer state-dict keys.
+        tiles: ``(rows, cols)``: the backbone runs on each of ``rows x cols`` equal tiles of the
+            image and every stage's tile maps are stitched back into one map of the whole image,
+            so heads (and per-position statistics) see one grid; ``(1, 1)`` (default) = no
+            tiling. ``H`` and ``W`` must then be multiples of ``rows`` and ``cols``.
     """
 
     def __init__(
@@ -134,8 +138,12 @@ class FeatureExtractor(nn.Module):
         *,
         trainable_stages: int | None = 0,
         truncate: bool = False,
+        tiles: tuple[int, int] = (1, 1),
     ) -> None:
         super().__init__()
+        if len(tiles) != 2 or min(tiles) < 1:
+            raise ConfigError(f"tiles must be (rows, cols) >= 1, got {tiles!r}")
+        self.tiles: tuple[int, int] = (int(tiles[0]), int(tiles[1]))
         self.spec: BackboneSpec = get_backbone_spec(name)
         self.layers = resolve_layers(name, layers)
         self.weights_source = weights
@@ -258,5 +266,28 @@ class FeatureExtractor(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ConfigError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         x = (images - self.mean) / self.std
-        x = x.contiguous(memory_format=torch.channels_last)
-        return [f.contiguous() for f in self.net(x)]
+        rows, cols = self.tiles
+        if (rows, cols) == (1, 1):
+            x = x.contiguous(memory_format=torch.channels_last)
+            return [f.contiguous() for f in self.net(x)]
+        b, c, h, w = x.shape
+        if h % rows or w % cols:
+            raise ConfigError(
+                f"images of {h}x{w} cannot be split into {rows}x{cols} equal tiles; resize them "
+                "with the model's transform"
+            )
+        tiles = x.reshape(b, c, rows, h // rows, cols, w // cols).permute(0, 2, 4, 1, 3, 5)
+        tiles = tiles.reshape(b * rows * cols, c, h // rows, w // cols)
+        return [
+            stitch_tiles(f, rows, cols)
+            for f in self.net(tiles.contiguous(memory_format=torch.channels_last))
+        ]
+
+
+def stitch_tiles(features: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Tile maps ``(B * rows * cols, C, h, w)`` (row-major tiles per image) -> one map per image
+    ``(B, C, rows * h, cols * w)``."""
+    n, c, h, w = features.shape
+    b = n // (rows * cols)
+    grid = features.reshape(b, rows, cols, c, h, w).permute(0, 3, 1, 4, 2, 5)
+    return grid.reshape(b, c, rows * h, cols * w).contiguous()

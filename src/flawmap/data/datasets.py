@@ -24,9 +24,16 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
-from flawmap.data.io import IMAGE_EXTENSIONS, is_image_file, list_images, load_image, load_mask
+from flawmap.data.io import (
+    IMAGE_EXTENSIONS,
+    image_shape,
+    is_image_file,
+    list_images,
+    load_image,
+    load_mask,
+)
 from flawmap.data.transforms import ImageTransform
 from flawmap.errors import ConfigError, DataError, FlawmapWarning
 
@@ -37,7 +44,9 @@ __all__ = [
     "PathsDataset",
     "SampleRecord",
     "load_sample",
+    "original_shapes",
     "split_holdout",
+    "with_transform",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -160,6 +169,18 @@ class ImageDataset(Dataset):
     def has_pixel_labels(self) -> bool:
         """True when at least one sample has pixel ground truth (a mask, or an all-zero one)."""
         return any(s.has_mask for s in self.samples)
+
+    def with_transform(self, transform: ImageTransform) -> ImageDataset:
+        """A copy of this dataset that reads its images through ``transform``."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.transform = transform
+        copy._warned_empty_masks = set()
+        return copy
+
+    def original_shapes(self) -> np.ndarray:
+        """``(N, 2)`` int64 ``(H, W)`` of every image file, read from the file headers."""
+        return np.array([image_shape(s.path) for s in self.samples], dtype=np.int64).reshape(-1, 2)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n={len(self)}, transform={self.transform})"
@@ -447,3 +468,37 @@ def split_holdout(
     holdout = np.sort(order[:n_holdout]).astype(np.int64)
     fit = np.sort(order[n_holdout:]).astype(np.int64)
     return fit, holdout
+
+
+def original_shapes(dataset: Dataset) -> np.ndarray:
+    """``(N, 2)`` ``(H, W)`` of a dataset's images before any resizing.
+
+    A dataset's own ``original_shapes()`` answers (an :class:`ImageDataset` reads its file
+    headers), also through a ``Subset``; other datasets are read item by item (their
+    ``original_size`` field, else the image's shape).
+    """
+    own = getattr(dataset, "original_shapes", None)
+    if callable(own):
+        return np.asarray(own(), dtype=np.int64).reshape(-1, 2)
+    if isinstance(dataset, Subset):
+        return original_shapes(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    shapes = []
+    for i in range(len(dataset)):  # type: ignore[arg-type]
+        item = dataset[i]
+        if "original_size" in item:
+            shapes.append([int(v) for v in item["original_size"]])
+        else:
+            shapes.append(list(item["image"].shape[-2:]))
+    return np.array(shapes, dtype=np.int64).reshape(-1, 2)
+
+
+def with_transform(dataset: Dataset, transform: ImageTransform) -> Dataset:
+    """``dataset`` reading its images through ``transform``: an :class:`ImageDataset` (or a
+    ``Subset`` of one) is re-wrapped when its transform differs; other datasets are returned
+    as they are (their images must already have the size the model expects)."""
+    if isinstance(dataset, ImageDataset):
+        return dataset if dataset.transform == transform else dataset.with_transform(transform)
+    if isinstance(dataset, Subset):
+        inner = with_transform(dataset.dataset, transform)
+        return dataset if inner is dataset.dataset else Subset(inner, dataset.indices)
+    return dataset

@@ -26,6 +26,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS_ENV",
     "MIN_IMAGE_SIDE",
+    "image_shape",
     "is_image_file",
     "list_images",
     "load_image",
@@ -168,6 +169,31 @@ def _decode(path: Path, kind: str, limit: int) -> Image.Image:
         if fix is not None:
             fix = _orientation(im)
     return im.transpose(fix) if fix is not None else im
+
+
+_SWAPS_SIDES = {Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE,
+                Image.Transpose.TRANSVERSE}
+
+
+def image_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(H, W)`` of an image file as :func:`load_image` would return it (EXIF orientation
+    applied), read from its header without decoding the pixels.
+
+    Raises:
+        DataError: the file cannot be read as an image.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with open(path, "rb") as file, Image.open(file) as im:
+                width, height = im.size
+                fix = _orientation(im)
+    except FileNotFoundError:
+        raise DataError(f"image file {path} does not exist") from None
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot read image file {path}: {exc}") from exc
+    return (width, height) if fix in _SWAPS_SIDES else (height, width)
 
 
 def _open(path: Path, kind: str) -> Image.Image:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,16 @@ from PIL import Image
 from flawmap.data.io import to_rgb
 from flawmap.errors import ConfigError
 
-__all__ = ["MAX_IMAGE_SIZE", "ImageTransform"]
+__all__ = [
+    "ASPECT_MODES",
+    "MAX_IMAGE_SIZE",
+    "ImageTransform",
+    "InputGeometry",
+    "parse_tiling",
+    "plan_geometry",
+    "typical_aspect",
+    "typical_size",
+]
 
 Size = int | tuple[int, int]
 
@@ -138,3 +148,151 @@ class ImageTransform:
         if tuple(m.shape[-2:]) != self.resize_size:
             m = F.interpolate(m, size=self.resize_size, mode="nearest-exact")
         return self._crop((m[0] >= 0.5).to(torch.float32))
+
+
+ASPECT_MODES = ("keep", "squeeze")
+"""``aspect`` values: ``"keep"`` shapes an int ``image_size`` like the training images (a pixel
+budget), ``"squeeze"`` resizes every image to a square."""
+
+MAX_TILES_PER_SIDE = 4
+"""The most tiles ``tiling="auto"`` puts along one side of an image."""
+
+SQUARE_TOLERANCE = 0.01
+"""A typical aspect ratio within this relative distance of 1 counts as square under ``"keep"``
+(the image size is then exactly ``image_size`` x ``image_size``)."""
+
+
+@dataclass(frozen=True)
+class InputGeometry:
+    """How a model sees its images: the resize target ``size`` = ``(H, W)`` and the grid of
+    ``tiles`` = ``(rows, cols)`` its backbone runs on (``(1, 1)`` = the whole image at once).
+
+    ``size`` is a multiple of ``tiles``; each tile is ``tile_size`` = ``(H / rows, W / cols)``.
+    """
+
+    size: tuple[int, int]
+    tiles: tuple[int, int] = (1, 1)
+
+    def __post_init__(self) -> None:
+        (h, w), (rows, cols) = self.size, self.tiles
+        if min(h, w, rows, cols) < 1 or h % rows or w % cols:
+            raise ConfigError(f"image size {h}x{w} cannot be split into {rows}x{cols} tiles")
+        if max(h, w) > MAX_IMAGE_SIZE:
+            raise ConfigError(
+                f"image size {h}x{w} ({rows}x{cols} tiles) is above the largest supported size "
+                f"of {MAX_IMAGE_SIZE} pixels per side; choose a smaller image_size or tiling"
+            )
+
+    @property
+    def tile_size(self) -> tuple[int, int]:
+        (h, w), (rows, cols) = self.size, self.tiles
+        return h // rows, w // cols
+
+    def to_json(self) -> dict[str, list[int]]:
+        return {"size": list(self.size), "tiles": list(self.tiles)}
+
+    @classmethod
+    def from_json(cls, value: Any) -> InputGeometry:
+        """The inverse of :meth:`to_json` (ConfigError naming what is wrong)."""
+        try:
+            size, tiles = value["size"], value["tiles"]
+            pairs = [(int(size[0]), int(size[1])), (int(tiles[0]), int(tiles[1]))]
+            if len(size) != 2 or len(tiles) != 2:
+                raise ValueError
+        except (TypeError, KeyError, IndexError, ValueError):
+            raise ConfigError(
+                f"an input geometry must be {{'size': [H, W], 'tiles': [rows, cols]}}, "
+                f"got {value!r}"
+            ) from None
+        return cls(pairs[0], pairs[1])
+
+
+def parse_tiling(value: Any) -> str | tuple[int, int]:
+    """``tiling`` option -> ``"off"``, ``"auto"`` or ``(rows, cols)`` (from ``"RxC"``).
+
+    Raises:
+        ConfigError: anything else, naming the accepted forms.
+    """
+    if value in ("off", "auto"):
+        return str(value)
+    if isinstance(value, str):
+        parts = value.lower().split("x")
+        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+            rows, cols = int(parts[0]), int(parts[1])
+            if rows >= 1 and cols >= 1:
+                return rows, cols
+    raise ConfigError(
+        f"tiling must be 'off', 'auto' or 'RxC' (tile rows x columns, e.g. '2x2'), got {value!r}"
+    )
+
+
+def typical_size(sizes: np.ndarray | list[tuple[int, int]]) -> tuple[float, float]:
+    """Median ``(H, W)`` of original image sizes ``(N, 2)``."""
+    arr = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
+    if len(arr) == 0:
+        raise ConfigError("no image sizes to take a typical shape from")
+    return float(np.median(arr[:, 0])), float(np.median(arr[:, 1]))
+
+
+def typical_aspect(sizes: np.ndarray | list[tuple[int, int]]) -> float:
+    """Median width / height of original image sizes ``(N, 2)`` (a median of log ratios, so
+    tall and wide images count alike)."""
+    arr = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
+    if len(arr) == 0:
+        raise ConfigError("no image sizes to take a typical aspect ratio from")
+    return float(np.exp(np.median(np.log(arr[:, 1] / arr[:, 0]))))
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def plan_geometry(
+    image_size: Size,
+    aspect: str,
+    tiling: str | tuple[int, int],
+    sizes: np.ndarray | list[tuple[int, int]] | None,
+    multiple: int,
+) -> InputGeometry:
+    """The :class:`InputGeometry` of a model from its options and its training images' sizes.
+
+    - tile size: an ``(H, W)`` ``image_size`` is used as given; an int ``S`` is a square under
+      ``aspect="squeeze"`` (or without ``sizes``), and under ``"keep"`` a budget of ``S * S``
+      pixels shaped like the typical (median) aspect ratio of ``sizes``, each side rounded to a
+      ``multiple`` (the backbone's deepest stride); a typical ratio within ``SQUARE_TOLERANCE``
+      of 1 gives exactly ``(S, S)``.
+    - tiles: ``"off"`` = one; ``(rows, cols)`` as given; ``"auto"`` = as many tiles per side as
+      the typical image size holds tile sides (rounded, 1 to ``MAX_TILES_PER_SIDE``), so images
+      much larger than the budget are seen near their own resolution.
+
+    Args:
+        sizes: original ``(H0, W0)`` of the training images, ``(N, 2)``; None when unknown.
+    """
+    if aspect not in ASPECT_MODES:
+        raise ConfigError(f"aspect must be one of {ASPECT_MODES}, got {aspect!r}")
+    size = _normalise_size(image_size, "image_size", allow_none=False)
+    if isinstance(size, tuple):
+        tile = size
+    elif aspect == "squeeze" or sizes is None:
+        tile = (size, size)
+    else:
+        ratio = typical_aspect(sizes)  # W / H
+        if abs(ratio - 1.0) <= SQUARE_TOLERANCE:
+            tile = (size, size)
+        else:
+            root = math.sqrt(ratio)
+            tile = (_round_to(size / root, multiple), _round_to(size * root, multiple))
+    if tiling == "off":
+        grid = (1, 1)
+    elif tiling == "auto":
+        if sizes is None:
+            grid = (1, 1)
+        else:
+            h0, w0 = typical_size(sizes)
+            grid = (
+                min(MAX_TILES_PER_SIDE, max(1, round(h0 / tile[0]))),
+                min(MAX_TILES_PER_SIDE, max(1, round(w0 / tile[1]))),
+            )
+    else:
+        grid = tiling
+    return InputGeometry((tile[0] * grid[0], tile[1] * grid[1]), grid)

@@ -45,7 +45,16 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from flawmap.backbones import DEFAULT_BACKBONE, FeatureExtractor, resolve_layers
-from flawmap.data import ImageTransform, split_holdout
+from flawmap.data import (
+    ASPECT_MODES,
+    ImageTransform,
+    InputGeometry,
+    original_shapes,
+    parse_tiling,
+    plan_geometry,
+    split_holdout,
+    with_transform,
+)
 from flawmap.errors import ConfigError, DataError, FlawmapError, NotFittedError
 from flawmap.models.catalogue import builtin_entry, builtin_names
 from flawmap.models.params import (
@@ -54,6 +63,7 @@ from flawmap.models.params import (
     Constraint,
     Int,
     NoneOr,
+    OneOf,
     Param,
     Real,
     Seq,
@@ -294,6 +304,10 @@ class _TensorImages(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"image": self.images[i], "path": ""}
 
+    def original_shapes(self) -> np.ndarray:
+        """``(N, 2)``: every image is ``(H, W)`` of the batch."""
+        return np.tile(np.array(self.images.shape[-2:], dtype=np.int64), (len(self.images), 1))
+
 
 def _shape_hint(shape: tuple[int, ...]) -> str:
     """How to turn an image array of ``shape`` into (N, 3, H, W), for error messages."""
@@ -451,8 +465,18 @@ class Detector(abc.ABC):
         layers: backbone stages (indices or timm module names); ``None`` = the model's default
             stages, chosen by stride (``default_strides``).
         weights: ``"pretrained"`` (offline-first), ``"random"`` (tests), or a weights file path.
-        image_size: input size, int (square) or ``(H, W)``; images are resized to it.
-        center_crop: optional centre crop applied after resizing (off by default).
+        image_size: input size: an ``(H, W)`` pair, or an int ``S`` whose meaning ``aspect`` sets.
+        aspect: ``"keep"``: an int ``image_size`` is a budget of ``S * S`` pixels shaped like the
+            training images' typical aspect ratio (sides rounded to the backbone's deepest
+            stride; exactly ``S x S`` for square images); ``"squeeze"``: every image is resized
+            to ``S x S`` whatever its shape.
+        tiling: ``"off"``; ``"RxC"``: the backbone sees ``R x C`` tiles of ``image_size`` each,
+            stitched into one feature map (so the model works at ``R``/``C`` times the
+            resolution); ``"auto"``: as many tiles per side as the typical training image holds
+            (at most 4), for images much larger than ``image_size``.
+            See :func:`flawmap.data.plan_geometry`; the fitted result is ``geometry_``.
+        center_crop: optional centre crop applied after resizing (off by default; not with
+            tiling).
         seed: seed of every random step (channel subsets, coreset start, holdout split, ...).
         threshold_holdout: fraction of the good training images held out of fitting; their
             scores set the threshold. 0 disables the threshold (labels are then ``None``).
@@ -475,6 +499,8 @@ class Detector(abc.ABC):
     )
     weights: str = param("pretrained", Text("'pretrained', 'random' or a weights file path (str)"))
     image_size: int | tuple[int, int] = param(256, Size())
+    aspect: str = param("keep", OneOf(*ASPECT_MODES))
+    tiling: str = param("off", Text("'off', 'auto' or 'RxC' (e.g. '2x2')"))
     center_crop: int | tuple[int, int] | None = param(None, NoneOr(Size()))
     seed: int = param(0, Int(0, 2**32 - 1))
     threshold_holdout: float = param(0.1, Real(0.0, 1.0, high_open=True))
@@ -498,6 +524,8 @@ class Detector(abc.ABC):
         self.fit_id_: str | None = None
         #: JSON form of the state-shaping parameters the fitted module was built with.
         self.fitted_params_: dict[str, Any] | None = None
+        #: Input size and tile grid the fitted module was built for (from the training images).
+        self.geometry_: InputGeometry | None = None
 
     # ----------------------------------------------------------------- parameters
     @classmethod
@@ -542,7 +570,13 @@ class Detector(abc.ABC):
         self._check_relations()
 
     def _check_relations(self) -> None:
-        """Checks between parameters (subclasses extend): the image transform's own rules."""
+        """Checks between parameters (subclasses extend): the tiling option, the image
+        transform's own rules."""
+        if parse_tiling(self.tiling) != "off" and self.center_crop is not None:
+            raise ConfigError(
+                f"tiling={self.tiling!r} works on the whole resized image: drop center_crop "
+                f"({self.center_crop!r}) or set tiling='off'"
+            )
         _ = self.transform
 
     def _state_params(self) -> dict[str, Any]:
@@ -555,8 +589,31 @@ class Detector(abc.ABC):
 
     @property
     def transform(self) -> ImageTransform:
-        """The image transform this model expects its inputs to have been through."""
-        return ImageTransform(image_size=self.image_size, center_crop=self.center_crop)
+        """The image transform this model expects its inputs to have been through: the fitted
+        ``geometry_``, or before ``fit`` :meth:`input_geometry` without training images (an int
+        ``image_size`` is then square; ``fit`` re-reads flawmap datasets at the planned size)."""
+        geometry = self.geometry_ if self.geometry_ is not None else self.input_geometry()
+        return ImageTransform(image_size=geometry.size, center_crop=self.center_crop)
+
+    def input_geometry(self, data: Dataset | torch.Tensor | None = None) -> InputGeometry:
+        """The input size and tile grid these parameters give for training images ``data``
+        (their original shapes, from the file headers; see :func:`flawmap.data.plan_geometry`).
+        Without ``data``, a square for an int ``image_size`` and one tile for ``"auto"``."""
+        shapes = None if data is None else original_shapes(as_dataset(data))
+        return plan_geometry(
+            self.image_size,
+            self.aspect,
+            parse_tiling(self.tiling),
+            shapes,
+            self.deepest_stride(),
+        )
+
+    def deepest_stride(self) -> int:
+        """Output stride of the deepest backbone stage this model uses (static metadata)."""
+        from flawmap.backbones.extractor import describe_stages
+
+        wanted = set(self.stage_indices())
+        return max(s.stride for s in describe_stages(self.backbone) if s.index in wanted)
 
     def stage_indices(self) -> tuple[int, ...]:
         """Backbone stages used: ``layers`` if given, else the model's default strides."""
@@ -566,12 +623,14 @@ class Detector(abc.ABC):
         self, weights: str, *, trainable_stages: int = 0, truncate: bool = False
     ) -> FeatureExtractor:
         """The extractor of ``stage_indices()``; the options are ``FeatureExtractor``'s."""
+        geometry = self.geometry_ if self.geometry_ is not None else self.input_geometry()
         return FeatureExtractor(
             self.backbone,
             self.stage_indices(),
             weights,
             trainable_stages=trainable_stages,
             truncate=truncate,
+            tiles=geometry.tiles,
         )
 
     # ----------------------------------------------------------------- model specific
@@ -604,19 +663,31 @@ class Detector(abc.ABC):
         return None if math.isnan(value) else value
 
     def fit(self, data: Dataset | torch.Tensor, *, progress: bool = False) -> Self:
-        """Learn from defect-free images (a flawmap dataset or an (N, 3, H, W) tensor)."""
+        """Learn from defect-free images (a flawmap dataset or an (N, 3, H, W) tensor).
+
+        The input geometry is planned from the training images first (:meth:`input_geometry`);
+        a flawmap dataset built with another transform is re-read at the planned size.
+        """
         self._validate_params()
         fitted_params = self._state_params()
         dataset = as_dataset(data)
         n = len(dataset)
         if n == 0:
             raise DataError("no training images")
-        fit_idx, holdout_idx = split_holdout(n, self.threshold_holdout, self.seed)
-        seed_everything(self.seed)
-        start = time.perf_counter()
-        module = self._build_module(self.weights)
-        self._fit_module(module, Subset(dataset, fit_idx.tolist()), progress)
-        module.eval()
+        geometry = self.input_geometry(dataset)
+        previous = (self.geometry_, self.module_)
+        self.geometry_ = geometry
+        try:
+            dataset = with_transform(dataset, self.transform)
+            fit_idx, holdout_idx = split_holdout(n, self.threshold_holdout, self.seed)
+            seed_everything(self.seed)
+            start = time.perf_counter()
+            module = self._build_module(self.weights)
+            self._fit_module(module, Subset(dataset, fit_idx.tolist()), progress)
+            module.eval()
+        except BaseException:
+            self.geometry_, self.module_ = previous
+            raise
         self.module_ = module
         self.fit_id_ = uuid.uuid4().hex
         self.fitted_params_ = fitted_params
@@ -663,7 +734,7 @@ class Detector(abc.ABC):
             return scores.float().numpy(), maps.float().numpy()
 
         return collect_prediction(
-            self.batches(as_dataset(data), progress, desc="predict"),
+            self.batches(with_transform(as_dataset(data), self.transform), progress, "predict"),
             score,
             None if math.isnan(threshold) else threshold,
             keep,
@@ -709,6 +780,10 @@ class Detector(abc.ABC):
     def _restore(
         self, state: dict[str, torch.Tensor], fit_info: dict[str, Any], fit_id: str | None
     ) -> None:
+        geometry = fit_info.get("geometry")
+        self.geometry_ = (
+            InputGeometry.from_json(geometry) if geometry is not None else self.input_geometry()
+        )
         module = self._build_module("random")
         load_state_resizing(module, state)
         module.eval()

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 import flawmap
+from flawmap.data import InputGeometry
 from flawmap.errors import ConfigError, DataError, FlawmapWarning
 from flawmap.models.base import (
     CONFIG_FILE,
@@ -44,8 +45,22 @@ from flawmap.outputs import (
 __all__ = ["check_save_target", "load_model", "save_detector"]
 
 
-def save_detector(detector: Detector, directory: str | Path, *, overwrite: bool = False) -> Path:
-    """:meth:`Detector.save`: both files into a temporary sibling folder, then swapped in."""
+#: Text files a model folder may hold besides the model (written by ``flawmap tune``).
+EXTRA_FILES = frozenset({"tuning.json", "tuning.md"})
+
+
+def save_detector(
+    detector: Detector,
+    directory: str | Path,
+    *,
+    overwrite: bool = False,
+    extras: dict[str, str] | None = None,
+) -> Path:
+    """:meth:`Detector.save`: both files into a temporary sibling folder, then swapped in;
+    ``extras`` maps names of :data:`EXTRA_FILES` to text written into the same folder."""
+    unknown = sorted(set(extras or {}) - EXTRA_FILES)
+    if unknown:
+        raise ConfigError(f"a model folder holds no {unknown}; allowed: {sorted(EXTRA_FILES)}")
     module = detector._fitted_module()
     target = check_save_target(directory, overwrite)
     state_params = detector._state_params()
@@ -64,7 +79,11 @@ def save_detector(detector: Detector, directory: str | Path, *, overwrite: bool 
         "model": detector.name,
         "fit_id": fit_id,
         "params": {name: _jsonable(v) for name, v in detector.get_params().items()},
-        "fit": {"train_seconds": detector.train_seconds_, "n_train": detector.n_train_},
+        "fit": {
+            "train_seconds": detector.train_seconds_,
+            "n_train": detector.n_train_,
+            "geometry": (detector.geometry_ or detector.input_geometry()).to_json(),
+        },
     }
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
     metadata = {
@@ -73,9 +92,10 @@ def save_detector(detector: Detector, directory: str | Path, *, overwrite: bool 
         "model": detector.name,
         "fit_id": fit_id,
         "params": json.dumps(state_params, sort_keys=True),
+        "geometry": json.dumps(config["fit"]["geometry"], sort_keys=True),
         "sha256": _state_digest(state),
     }
-    _write_model_folder(target, config, state, metadata)
+    _write_model_folder(target, config, state, metadata, extras or {})
     detector.fit_id_ = fit_id
     return Path(directory)
 
@@ -90,7 +110,7 @@ def check_save_target(directory: str | Path, overwrite: bool = False) -> Path:
     nothing. Returns the folder to write (a symlink is followed).
     """
     return check_folder_target(
-        directory, overwrite, {CONFIG_FILE, WEIGHTS_FILE}.__contains__, "model"
+        directory, overwrite, {CONFIG_FILE, WEIGHTS_FILE, *EXTRA_FILES}.__contains__, "model"
     )
 
 
@@ -109,6 +129,7 @@ def _write_model_folder(
     config: dict[str, Any],
     state: dict[str, torch.Tensor],
     metadata: dict[str, str],
+    extras: dict[str, str],
 ) -> None:
     """Write both files into a hidden sibling of ``target``, then swap it into place
     (:func:`~flawmap.outputs.write_folder_atomic`).
@@ -121,6 +142,9 @@ def _write_model_folder(
     def write(staging: Path) -> None:
         save_file(state, str(staging / WEIGHTS_FILE), metadata=metadata)
         fsync_path(staging / WEIGHTS_FILE)
+        for name, text in extras.items():
+            (staging / name).write_text(text, encoding="utf-8")
+            fsync_path(staging / name)
         write_json_synced(staging / CONFIG_FILE, config)
 
     write_folder_atomic(target, write)
@@ -212,6 +236,11 @@ def _read_config(path: Path) -> dict[str, Any]:
     fit = config.setdefault("fit", {})
     if not isinstance(fit, dict):
         raise DataError(f"{path}: field 'fit' must be a JSON object, got {fit!r}")
+    if fit.get("geometry") is not None:
+        try:
+            InputGeometry.from_json(fit["geometry"])
+        except ConfigError as exc:
+            raise DataError(f"{path}: field 'fit.geometry': {exc}") from exc
     for name, kind in (("train_seconds", numbers.Real), ("n_train", int)):
         value = fit.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
@@ -245,10 +274,20 @@ def _params_from_json(
     except ConfigError as exc:
         raise DataError(f"{config_path}: {exc}") from exc
     types = cls.param_types()
+    raw = {**_legacy_values(raw), **raw}
     return {
         name: tuple(value) if isinstance(value, list) and _expects_tuple(types[name]) else value
         for name, value in raw.items()
     }
+
+
+#: Parameters added after models were first saved, with the behaviour those models were fitted
+#: with; a saved model without them loads with these values.
+LEGACY_PARAM_VALUES: dict[str, Any] = {"aspect": "squeeze", "tiling": "off"}
+
+
+def _legacy_values(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in LEGACY_PARAM_VALUES.items() if k not in params}
 
 
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -295,7 +334,13 @@ def _cross_check(
         raise DataError(f"{weights_path}: its recorded parameters are not valid JSON") from exc
     if not isinstance(fitted, dict):
         raise DataError(f"{weights_path}: its recorded parameters are not a JSON object")
+    fitted = {**_legacy_values(fitted), **fitted}
     changed = describe_changes(fitted, detector._state_params())
+    recorded_geometry = metadata.get("geometry")
+    if recorded_geometry is not None and recorded_geometry != json.dumps(
+        config["fit"].get("geometry"), sort_keys=True
+    ):
+        changed.append(f"fit.geometry {recorded_geometry} -> {config['fit'].get('geometry')}")
     if changed:
         raise DataError(
             f"{config_path} does not match the fitted weights in {weights_path}; "
