@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from common import CATEGORIES, DEFAULT_DATASETS, ROOT
 
 #: Candidates the benchmark adds after the default search: the square resize, for comparison.
@@ -113,8 +114,8 @@ def run_category(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
         def on_candidate(row: Any, detector: Any) -> None:
             tests[row.candidate.label] = test_metrics(detector, category, carved)
-            print(json.dumps({"candidate": row.candidate.label, "test": tests[row.candidate.label]}),
-                  flush=True)
+            record = {"candidate": row.candidate.label, "test": tests[row.candidate.label]}
+            print(json.dumps(record), flush=True)
 
         result = tune(
             derived,

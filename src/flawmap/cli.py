@@ -266,6 +266,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     for key, value in (
         ("backbone", args.backbone),
         ("image_size", args.image_size),
+        ("aspect", args.aspect),
+        ("tiling", args.tiling),
         ("seed", args.seed),
         ("weights", args.weights),
     ):
@@ -276,8 +278,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(f"fitting {args.model} on {len(train)} good images of {train.category} ...")
     detector.fit(train, progress=not args.quiet)
     out = detector.save(args.out, overwrite=args.overwrite)
+    (h, w), (rows, cols) = detector.geometry_.size, detector.geometry_.tiles
+    tiles = f" in {rows}x{cols} tiles" if (rows, cols) != (1, 1) else ""
     print(
-        f"fitted in {detector.train_seconds_:.1f} s; threshold {detector.threshold}; saved to {out}"
+        f"fitted in {detector.train_seconds_:.1f} s at {h}x{w} px{tiles}; threshold "
+        f"{detector.threshold}; saved to {out}"
     )
     return EXIT_OK
 
@@ -520,6 +525,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", default=None, help="'pretrained' (default), 'random', or a local weights file"
     )
     p.add_argument("--image-size", type=image_size, default=None, help="N or HxW (default 256)")
+    p.add_argument(
+        "--aspect",
+        choices=("keep", "squeeze"),
+        default=None,
+        help="keep (default): N is a pixel budget of N*N shaped like the training images; "
+        "squeeze: resize every image to NxN",
+    )
+    p.add_argument(
+        "--tiling",
+        default=None,
+        metavar="off|auto|RxC",
+        help="run the backbone on tiles of the image size (default off; auto: as many per side "
+        "as the training images hold, at most 4)",
+    )
     p.add_argument("--seed", type=seed_type, default=None, help="random seed, >= 0 (default 0)")
     p.add_argument(
         "--param",

@@ -43,10 +43,11 @@ from flawmap.data import (
     plan_geometry,
     split_holdout,
 )
+from flawmap.data.datasets import _list_images_recursive
 from flawmap.errors import ConfigError, DataError
 from flawmap.metrics import compute_metrics
 from flawmap.models import create_model
-from flawmap.models.base import Detector
+from flawmap.models.base import Detector, _jsonable
 
 __all__ = [
     "DEFAULT_CANDIDATES",
@@ -90,7 +91,7 @@ class Candidate:
         return create_model(self.model, **{"seed": seed, **self.params})
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.model, "params": _jsonable(self.params)}
+        return {"model": self.model, "params": {k: _jsonable(v) for k, v in self.params.items()}}
 
 
 def _show(value: Any) -> str:
@@ -99,14 +100,6 @@ def _show(value: Any) -> str:
     if isinstance(value, tuple | list):
         return ",".join(str(v) for v in value)
     return str(value)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 #: The default search, cheapest first: the two baselines at the default size, PaDiM with every
@@ -211,14 +204,6 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _images_under(folder: Path) -> list[Path]:
-    found: list[Path] = []
-    for dirpath, dirnames, _ in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += list_images(Path(dirpath))
-    return found
-
-
 def check_no_overlap(val_images: Sequence[Path], category: Path) -> None:
     """Refuse validation images that are also test or training images of ``category``: the
     same file, or a file with the same bytes (the test folder is hashed, never decoded).
@@ -239,7 +224,7 @@ def check_no_overlap(val_images: Sequence[Path], category: Path) -> None:
         folder = category / split
         if not folder.is_dir():
             continue
-        for other in _images_under(folder):
+        for other in _list_images_recursive(folder):
             match = digests.get(_file_digest(other))
             if match is not None:
                 what = "test" if split == "test" else "training"
@@ -270,9 +255,7 @@ def folder_validation(
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
         raise DataError(f"validation folder {root} {what}")
-    subdirs = sorted(
-        d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-    )
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     defect_dirs = [d for d in subdirs if d.name not in ("good", "ground_truth")]
     if not defect_dirs or not any(list_images(d) for d in defect_dirs):
         raise DataError(
@@ -402,17 +385,15 @@ class TuneResult:
             "",
             f"Chosen: **{self.chosen.candidate.label if self.chosen else 'none'}**",
             "",
-            "| candidate | input (H×W, tiles) | score | image AUROC | pixel AUROC | AUPRO | fit (s) "
-            "| latency (ms) | status |",
+            "| candidate | input (H×W, tiles) | score | image AUROC | pixel AUROC | AUPRO "
+            "| fit (s) | latency (ms) | status |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
 
         def fmt(value: float | None, spec: str = ".3f") -> str:
             return "–" if value is None else format(value, spec)
 
-        ranked = sorted(
-            self.rows, key=lambda r: -(r.score(self.criterion) or -math.inf)
-        )
+        ranked = sorted(self.rows, key=lambda r: -(r.score(self.criterion) or -math.inf))
         for r in ranked:
             m = r.metrics.get(self.criterion, {})
             size = "–" if r.input_size is None else f"{r.input_size[0]}×{r.input_size[1]}"
@@ -476,11 +457,12 @@ def tune(
     A seeded ``val_fraction`` of the good training images is held out of every fit. Without
     ``val_dir`` they are the synthetic validation set (criterion ``"synthetic"``); with it, the
     folder's images plus these good images are (criterion ``"folder"``), and
-    ``score_synthetic`` also scores the synthetic set, without letting it decide. A candidate starts only when the
-    time spent plus its estimated time fits in ``budget_seconds`` (the first one always runs);
-    the rest are listed as skipped. Candidates slower than ``max_latency_ms`` (batch 1) are
-    listed but not chosen. ``on_candidate(row, detector)`` sees every fitted candidate; its time
-    counts neither against the budget nor in ``seconds``.
+    ``score_synthetic`` also scores the synthetic set, without letting it decide. A candidate
+    starts only when the time spent plus its estimated time fits in ``budget_seconds`` (the
+    first one always runs); the rest are listed as skipped. Candidates slower than
+    ``max_latency_ms`` (batch 1) are listed but not chosen. ``on_candidate(row, detector)``
+    sees every fitted candidate; its time counts neither against the budget nor in
+    ``seconds``.
 
     Raises:
         ConfigError: no candidate, a bad option or candidate parameter.

@@ -171,8 +171,12 @@ def _decode(path: Path, kind: str, limit: int) -> Image.Image:
     return im.transpose(fix) if fix is not None else im
 
 
-_SWAPS_SIDES = {Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE,
-                Image.Transpose.TRANSVERSE}
+_SWAPS_SIDES = {
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+}
 
 
 def image_shape(path: str | os.PathLike[str]) -> tuple[int, int]:

@@ -244,7 +244,7 @@ def typical_aspect(sizes: np.ndarray | list[tuple[int, int]]) -> float:
 
 
 def _round_to(value: float, multiple: int) -> int:
-    return max(multiple, int(round(value / multiple)) * multiple)
+    return max(multiple, round(value / multiple) * multiple)
 
 
 def plan_geometry(

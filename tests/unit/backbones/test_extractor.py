@@ -170,3 +170,34 @@ def test_make_extractor_is_feature_extractor_with_the_models_stages() -> None:
     assert list(made.state_dict()) == list(direct.state_dict())
     frozen = detector.make_extractor("random")
     assert frozen.trainable_modules == () and not any(p.requires_grad for p in frozen.parameters())
+
+
+def test_stitch_tiles_undoes_the_extractors_tile_split() -> None:
+    from flawmap.backbones.extractor import stitch_tiles
+
+    image = torch.arange(2 * 3 * 8 * 12, dtype=torch.float32).reshape(2, 3, 8, 12)
+    rows, cols = 2, 3
+    tiles = image.reshape(2, 3, rows, 4, cols, 4).permute(0, 2, 4, 1, 3, 5).reshape(-1, 3, 4, 4)
+    assert torch.equal(tiles[1], image[0, :, 0:4, 4:8])  # row-major tile order
+    assert torch.equal(stitch_tiles(tiles, rows, cols), image)
+
+
+def test_one_tile_is_the_untiled_extractor_and_tiles_run_the_net_per_tile() -> None:
+    torch.manual_seed(0)
+    plain = FeatureExtractor(DEFAULT_BACKBONE, [2, 3], weights="random")
+    tiled = FeatureExtractor(DEFAULT_BACKBONE, [2, 3], weights="random", tiles=(2, 2))
+    tiled.load_state_dict(plain.state_dict())
+    one = FeatureExtractor(DEFAULT_BACKBONE, [2, 3], weights="random", tiles=(1, 1))
+    one.load_state_dict(plain.state_dict())
+    images = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(plain(images), one(images), strict=True):
+            assert torch.equal(a, b)
+        stitched = tiled(images)
+        top_left = plain(images[:, :, :32, :48])
+    for full, part, stride in zip(stitched, top_left, plain.strides, strict=True):
+        assert full.shape[-2:] == (64 // stride, 96 // stride)
+        h, w = part.shape[-2:]
+        assert torch.allclose(full[..., :h, :w], part, atol=1e-5)
+    with pytest.raises(ConfigError, match="cannot be split into 2x2"):
+        tiled(torch.rand(1, 3, 65, 96))
