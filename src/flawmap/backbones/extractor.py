@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,8 @@ class FeatureExtractor(nn.Module):
         tiles: tuple[int, int] = (1, 1),
     ) -> None:
         super().__init__()
+        #: Inference copy of ``net`` with its BatchNorms folded (see :meth:`inference_net`).
+        self._folded: tuple[tuple[int, ...], nn.Module] | None = None
         if len(tiles) != 2 or min(tiles) < 1:
             raise ConfigError(f"tiles must be (rows, cols) >= 1, got {tiles!r}")
         self.tiles: tuple[int, int] = (int(tiles[0]), int(tiles[1]))
@@ -261,15 +264,31 @@ class FeatureExtractor(nn.Module):
         self.training = mode
         return self
 
+    def inference_net(self) -> nn.Module:
+        """``net`` with every BatchNorm that directly follows a convolution folded into that
+        convolution's weights (same outputs up to float rounding, fewer passes over memory);
+        used when nothing needs gradients. Rebuilt when a weight or statistic was replaced or
+        updated in place (``load_state_dict``, an optimiser step); edits through ``.data``,
+        which bypass the tensors' version counters, are not seen."""
+        state = self.net.state_dict()
+        key = tuple(t._version for t in state.values()) + tuple(
+            t.data_ptr() for t in state.values()
+        )
+        if self._folded is None or self._folded[0] != key:
+            self._folded = (key, fold_batch_norms(self.net))
+        return self._folded[1]
+
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images (B, 3, H, W) in [0, 1] -> list of (B, C_i, H/s_i, W/s_i)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ConfigError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         x = (images - self.mean) / self.std
+        inference = not self.training and not torch.is_grad_enabled()
+        net = self.inference_net() if inference else self.net
         rows, cols = self.tiles
         if (rows, cols) == (1, 1):
             x = x.contiguous(memory_format=torch.channels_last)
-            return [f.contiguous() for f in self.net(x)]
+            return [f.contiguous() for f in net(x)]
         b, c, h, w = x.shape
         if h % rows or w % cols:
             raise ConfigError(
@@ -280,8 +299,67 @@ class FeatureExtractor(nn.Module):
         tiles = tiles.reshape(b * rows * cols, c, h // rows, w // cols)
         return [
             stitch_tiles(f, rows, cols)
-            for f in self.net(tiles.contiguous(memory_format=torch.channels_last))
+            for f in net(tiles.contiguous(memory_format=torch.channels_last))
         ]
+
+
+def fold_batch_norms(net: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``net`` in which every ``BatchNorm2d`` whose input is the output of
+    a ``Conv2d`` is folded into it: ``w' = w * g / s``, ``b' = (b - m) * g / s + beta`` with
+    ``s = sqrt(var + eps)``; the norm is replaced by what it applies after normalising (timm's
+    ``BatchNormAct2d``: dropout and activation) or removed. Pairs are found by one probe
+    forward pass, so only convolution outputs that feed nothing but the norm are folded."""
+    folded = copy.deepcopy(net).eval()
+    produced: dict[int, tuple[str, int]] = {}  # id(conv output) -> (conv name, its users)
+    pairs: list[tuple[str, str]] = []
+    hooks = []
+    for name, module in folded.named_modules():
+        if isinstance(module, nn.Conv2d):
+
+            def after_conv(_m: nn.Module, _i: object, out: torch.Tensor, name: str = name) -> None:
+                produced[id(out)] = (name, 0)
+
+            hooks.append(module.register_forward_hook(after_conv))
+        elif isinstance(module, nn.BatchNorm2d) and module.track_running_stats:
+
+            def before_norm(
+                _m: nn.Module, args: tuple[torch.Tensor, ...], name: str = name
+            ) -> None:
+                source = produced.get(id(args[0]))
+                if source is not None:
+                    pairs.append((source[0], name))
+
+            hooks.append(module.register_forward_pre_hook(before_norm))
+    try:
+        with torch.no_grad():
+            folded(torch.zeros(1, 3, 64, 64))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    convs = [c for c, _ in pairs]
+    for conv_name, norm_name in pairs:
+        if convs.count(conv_name) != 1:  # a convolution read by two norms: leave it
+            continue
+        conv = folded.get_submodule(conv_name)
+        norm = folded.get_submodule(norm_name)
+        weight, bias = torch.nn.utils.fusion.fuse_conv_bn_weights(
+            conv.weight,
+            conv.bias,
+            norm.running_mean,
+            norm.running_var,
+            norm.eps,
+            norm.weight,
+            norm.bias,
+        )
+        conv.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        conv.bias = nn.Parameter(bias.detach(), requires_grad=False)
+        rest = [
+            m for m in (getattr(norm, "drop", None), getattr(norm, "act", None)) if m is not None
+        ]
+        parent_name, _, attr = norm_name.rpartition(".")
+        parent = folded.get_submodule(parent_name) if parent_name else folded
+        setattr(parent, attr, nn.Sequential(*rest) if rest else nn.Identity())
+    return folded.requires_grad_(False)
 
 
 def stitch_tiles(features: torch.Tensor, rows: int, cols: int) -> torch.Tensor:

@@ -58,12 +58,35 @@ class AnomalyMapPostprocessor(nn.Module):
         self.image_score = image_score
         kernel = gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1)
         self.register_buffer("kernel", kernel, persistent=False)
+        self._operators: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def operators(
+        self, low: tuple[int, int], size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A_h (H, h), A_w (w, W))`` with ``A_h @ M @ A_w`` = :meth:`smooth` of the bilinear
+        resize of a map ``M`` (h, w) to ``size`` (H, W).
+
+        Both steps are linear and separable, so each axis is one matrix: the response of the
+        reference ops to every basis vector, computed once per shape (in float64).
+        """
+        key = (*low, *size)
+        if key not in self._operators:
+            (h, w), (height, width) = low, size
+            eye_h = torch.eye(h, dtype=torch.float64).view(h, 1, h, 1)
+            eye_w = torch.eye(w, dtype=torch.float64).view(w, 1, 1, w)
+            rows = self.smooth(F.interpolate(eye_h, size=(height, 1), mode="bilinear"))
+            cols = self.smooth(F.interpolate(eye_w, size=(1, width), mode="bilinear"))
+            self._operators[key] = (
+                rows.view(h, height).T.contiguous().float(),
+                cols.view(w, width).contiguous().float(),
+            )
+        return self._operators[key]
 
     def smooth(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> (B, 1, H, W) Gaussian-smoothed."""
         if self.sigma == 0:
             return maps
-        k = self.kernel
+        k = self.kernel.to(maps.dtype)
         pad = k.numel() // 2
         out = F.pad(maps, (pad, pad, 0, 0), mode="reflect" if maps.shape[-1] > pad else "replicate")
         out = F.conv2d(out, k.view(1, 1, 1, -1))
@@ -80,10 +103,12 @@ class AnomalyMapPostprocessor(nn.Module):
 
         ``upsample(patch_scores, output_size) -> (B, 1, H, W)`` replaces the bilinear
         upsampling; a bilinear resize to the same size follows it and leaves it unchanged.
+        Resize and smoothing run as two matrix products (:meth:`operators`).
         """
         maps = patch_scores if upsample is None else upsample(patch_scores, output_size)
-        maps = F.interpolate(maps, size=output_size, mode="bilinear", align_corners=False)
-        maps = self.smooth(maps)[:, 0]
+        low = (int(maps.shape[-2]), int(maps.shape[-1]))
+        rows, cols = self.operators(low, (int(output_size[0]), int(output_size[1])))
+        maps = torch.matmul(torch.matmul(rows, maps[:, 0].float()), cols)
         if self.image_score == "max":
             scores = maps.amax(dim=(1, 2))
         elif self.image_score == "mean":

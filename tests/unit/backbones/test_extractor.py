@@ -201,3 +201,34 @@ def test_one_tile_is_the_untiled_extractor_and_tiles_run_the_net_per_tile() -> N
         assert torch.allclose(full[..., :h, :w], part, atol=1e-5)
     with pytest.raises(ConfigError, match="cannot be split into 2x2"):
         tiled(torch.rand(1, 3, 65, 96))
+
+
+def test_inference_folds_batch_norms_into_convolutions_with_the_same_features() -> None:
+    from flawmap.backbones.extractor import fold_batch_norms
+
+    torch.manual_seed(0)
+    extractor = FeatureExtractor(DEFAULT_BACKBONE, [2, 3], weights="random")
+    for module in extractor.net.modules():  # non-trivial statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    folded = fold_batch_norms(extractor.net)
+    norms = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not norms  # every norm of an EfficientNet follows a convolution
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        plain = extractor(images)  # grad mode off but no inference mode: still folded
+        with torch.enable_grad():
+            reference = [f.detach() for f in extractor(images)]  # the unfolded net
+    for a, b in zip(plain, reference, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+    # loading other weights (or any in-place update) rebuilds the folded copy
+    first = extractor.inference_net()
+    assert extractor.inference_net() is first
+    state = {k: v.clone() for k, v in extractor.state_dict().items()}
+    state["net.conv_stem.weight"] *= 2.0
+    extractor.load_state_dict(state)
+    assert extractor.inference_net() is not first
+    with torch.no_grad():
+        doubled = extractor(images)
+    assert not torch.allclose(doubled[0], plain[0])
