@@ -8,9 +8,10 @@ hits them alike; ``--threads`` threads for BLAS / OpenMP / faiss / OpenVINO.
 
 Searches (``--searches``):
 
-- ``pruned``: :class:`ClusterPrunedSearch`, the model's default (exact); BLAS threads as the
-  model sets them (one thread for banks up to ``SMALL_BANK`` rows).
-- ``brute``: :class:`BruteForceSearch` (exact), same thread rule.
+- ``pruned``: :class:`ClusterPrunedSearch`, the model's default (exact), its queries split over
+  ``--threads`` threads of one BLAS thread each, as the model runs it.
+- ``brute``: :class:`BruteForceSearch` (exact); one BLAS thread for banks up to ``SMALL_BANK``
+  rows, as the model sets it.
 - ``faiss_flat``: :class:`flawmap.runtime.search.FaissSearch`, faiss ``IndexFlatL2`` plus the
   float64 distance of the index found (exact).
 - ``faiss_hnsw`` (M = 32, efConstruction 200, efSearch 128), ``faiss_ivf`` (4 sqrt(M) lists,
@@ -154,9 +155,12 @@ def build_search(name: str, bank: np.ndarray, threads: int, k: int, nprobe: int 
     from flawmap.models.patchcore.model import SMALL_BANK
     from flawmap.models.patchcore.search import BruteForceSearch, ClusterPrunedSearch
 
-    blas = 1 if len(bank) <= SMALL_BANK else threads  # the model's rule (PatchCoreModule)
+    # the model's rules (PatchCoreModule.patch_scores)
+    blas = 1 if name == "pruned" or len(bank) <= SMALL_BANK else threads
     if name in ("pruned", "brute"):
-        index = ClusterPrunedSearch(seed=0) if name == "pruned" else BruteForceSearch()
+        index = (
+            ClusterPrunedSearch(seed=0, threads=threads) if name == "pruned" else BruteForceSearch()
+        )
         index.fit(bank)
 
         def query_model(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,6 @@ are measured on the same pixels. The score is the mean of image AUROC, pixel AUR
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -48,6 +47,7 @@ from flawmap.errors import ConfigError, DataError
 from flawmap.metrics import compute_metrics
 from flawmap.models import create_model
 from flawmap.models.base import Detector, _jsonable
+from flawmap.runtime.format import file_sha256
 
 __all__ = [
     "DEFAULT_CANDIDATES",
@@ -196,14 +196,6 @@ class _AlternatingDefects:
         return source(image, generator)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_no_overlap(val_images: Sequence[Path], category: Path) -> None:
     """Refuse validation images that are also test or training images of ``category``: the
     same file, or a file with the same bytes (the test folder is hashed, never decoded).
@@ -219,13 +211,13 @@ def check_no_overlap(val_images: Sequence[Path], category: Path) -> None:
                 f"validation image {p} is inside the test folder {test_dir}: a validation "
                 "folder must hold images that are never used for reporting"
             )
-    digests = {_file_digest(p): p for p in val}
+    digests = {file_sha256(p): p for p in val}
     for split in ("test", "train"):
         folder = category / split
         if not folder.is_dir():
             continue
         for other in _list_images_recursive(folder):
-            match = digests.get(_file_digest(other))
+            match = digests.get(file_sha256(other))
             if match is not None:
                 what = "test" if split == "test" else "training"
                 raise DataError(

@@ -59,18 +59,10 @@ class PrunedSearch:
     def __init__(self, bank: np.ndarray, threads: int, seed: int = 0) -> None:
         from flawmap.models.patchcore.search import ClusterPrunedSearch
 
-        self.index = ClusterPrunedSearch(seed=seed).fit(bank)
-        self.threads = threads
+        self.index = ClusterPrunedSearch(seed=seed, threads=max(1, threads)).fit(bank)
 
     def distances(self, queries: np.ndarray) -> np.ndarray:
-        import numba
-
-        previous = numba.get_num_threads()
-        numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))
-        try:
-            distances, _ = self.index.query(np.ascontiguousarray(queries, dtype=np.float32))
-        finally:
-            numba.set_num_threads(previous)
+        distances, _ = self.index.query(np.ascontiguousarray(queries, dtype=np.float32))
         return distances
 
 

@@ -41,7 +41,7 @@ from flawmap.models.patchcore.sampler import GreedyCoresetSampler, RandomSampler
 from flawmap.models.patchcore.search import BruteForceSearch, ClusterPrunedSearch
 
 SearchName = Literal["pruned", "brute_force"]
-#: Banks up to this many entries are searched with one BLAS thread (see ``patch_scores``).
+#: Brute force searches banks up to this many entries with one BLAS thread (``patch_scores``).
 SMALL_BANK = 50_000
 
 
@@ -109,12 +109,18 @@ class PatchCoreModule(AnomalyModule):
         emb = self.embed(images)
         b, d, h, w = emb.shape
         queries = np.ascontiguousarray(emb.permute(0, 2, 3, 1).reshape(-1, d).float().numpy())
-        # Small banks: one BLAS thread (OpenBLAS's spinning workers and torch's OpenMP workers
-        # otherwise fight over the cores at every hand-over); large banks are searched by big
-        # GEMMs that need every thread (measurements: BENCHMARKS.md).
-        blas_threads = 1 if len(self.memory_bank) <= SMALL_BANK else None
+        # The pruned search splits its queries over torch's thread count, each part with one
+        # BLAS thread. Brute force: small banks get one BLAS thread (OpenBLAS's spinning workers
+        # and torch's OpenMP workers otherwise fight over the cores at every hand-over), large
+        # banks big GEMMs on every thread (measurements: BENCHMARKS.md).
+        index = self.index()
+        if isinstance(index, ClusterPrunedSearch):
+            index.threads = torch.get_num_threads()
+            blas_threads: int | None = 1
+        else:
+            blas_threads = 1 if len(self.memory_bank) <= SMALL_BANK else None
         with threadpool_limits(limits=blas_threads, user_api="blas"):
-            distances, _ = self.index().query(queries)
+            distances, _ = index.query(queries)
         return torch.from_numpy(distances).view(b, 1, h, w)
 
 

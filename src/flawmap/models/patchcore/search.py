@@ -20,7 +20,9 @@ memory bank after loading.
 
 from __future__ import annotations
 
+import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, Self
 
 import numba
@@ -38,6 +40,7 @@ _QUERY_CHUNK = 8192  # queries per pass of ClusterPrunedSearch (bounds its scrat
 _BRUTE_FRACTION = 0.25  # a query that would scan more of the bank than this uses the GEMM
 _ASSIGN_CHUNK = 16384  # bank rows per k-means assignment GEMM
 _KMEANS_SAMPLE = 32  # k-means iterations run on at most this many rows per cluster
+_MIN_PART = 256  # fewest queries worth a thread of their own
 
 
 class NearestNeighbourSearch(Protocol):
@@ -76,7 +79,7 @@ def _check_fitted(bank: np.ndarray | None, name: str) -> np.ndarray:
 
 
 @interrupt_safe
-@numba.njit(cache=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)
 def _row_distances(x: np.ndarray, bank: np.ndarray, index: np.ndarray) -> np.ndarray:
     """|x[i] - bank[index[i]]| for each i, float64 sums of squared differences -> float32."""
     out = np.empty(x.shape[0], dtype=np.float32)
@@ -208,9 +211,14 @@ class ClusterPrunedSearch:
     distance is then recomputed exactly for the chosen index.
     """
 
-    def __init__(self, n_clusters: int | None = None, seed: int = 0, n_iter: int = 8) -> None:
+    def __init__(
+        self, n_clusters: int | None = None, seed: int = 0, n_iter: int = 8, threads: int = 1
+    ) -> None:
         if n_clusters is not None and (isinstance(n_clusters, bool) or int(n_clusters) < 1):
             raise ConfigError(f"n_clusters must be None or >= 1, got {n_clusters!r}")
+        if isinstance(threads, bool) or int(threads) < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads!r}")
+        self.threads = int(threads)
         if isinstance(n_iter, bool) or int(n_iter) < 0:
             raise ConfigError(f"n_iter must be >= 0, got {n_iter!r}")
         self.n_clusters = None if n_clusters is None else int(n_clusters)
@@ -273,16 +281,31 @@ class ClusterPrunedSearch:
         self._local = local
         self._lnorm = lnorm
         self._perm = perm
-        self._brute = BruteForceSearch().fit(bank)  # for queries the clusters cannot prune
+        # For the queries the clusters cannot prune: the numpy GEMM, not faiss, whose flat
+        # search costs ~10 ms whatever the query count below ~1000 (and ~60 ms at some counts).
+        self._brute = BruteForceSearch(use_faiss=False).fit(bank)
 
     # ---- querying --------------------------------------------------------------------------
 
     def query(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """x (Q, d) -> (distances (Q,) float32, indices (Q,) int64)."""
+        """x (Q, d) -> (distances (Q,) float32, indices (Q,) int64); with ``threads`` > 1 the
+        queries are split into that many parts searched at once (the kernels release the GIL)."""
         bank = _check_fitted(self._bank, "ClusterPrunedSearch")
         q = _as_matrix(x, "queries", bank.shape[1])
+        parts = min(self.threads, max(1, q.shape[0] // _MIN_PART))
+        if parts == 1:
+            index = self._nearest(q)
+        else:
+            bounds = np.linspace(0, q.shape[0], parts + 1).astype(np.int64)
+            with ThreadPoolExecutor(max_workers=parts) as pool:
+                found = pool.map(self._nearest, [q[a:b] for a, b in itertools.pairwise(bounds)])
+                index = np.concatenate(list(found))
+        return _row_distances(q, bank, index), index
+
+    def _nearest(self, q: np.ndarray) -> np.ndarray:
+        """Indices of the nearest bank rows of queries ``q`` (Q, d), chunk by chunk."""
         index = np.empty(q.shape[0], dtype=np.int64)
-        gamma = 2.0 * (bank.shape[1] + 4) * _U32  # float32 dot/norm rounding, with slack 2
+        gamma = 2.0 * (q.shape[1] + 4) * _U32  # float32 dot/norm rounding, with slack 2
         heavy_limit = _BRUTE_FRACTION * self._local.shape[0]
         for qs in range(0, q.shape[0], _QUERY_CHUNK):
             qc = q[qs : qs + _QUERY_CHUNK] - self._mean
@@ -320,7 +343,7 @@ class ClusterPrunedSearch:
                 rows = np.flatnonzero(heavy)
                 chunk_index[rows] = self._brute.nearest(q[qs : qs + _QUERY_CHUNK][rows])
             index[qs : qs + _QUERY_CHUNK] = chunk_index
-        return _row_distances(q, bank, index), index
+        return index
 
     def upper_bounds(self, x: np.ndarray) -> np.ndarray:
         """x (Q, d) -> (Q,) float32: the exact distance of each query to the nearest member of
@@ -592,7 +615,7 @@ def _gather(
 
 
 @interrupt_safe
-@numba.njit(cache=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)
 def _first_pass(
     qc: np.ndarray,
     dots: np.ndarray,
@@ -671,7 +694,7 @@ def _first_pass(
 
 
 @interrupt_safe
-@numba.njit(cache=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)
 def _second_pass(
     qc: np.ndarray,
     todo: np.ndarray,

@@ -270,3 +270,14 @@ def test_search_errors() -> None:
         BruteForceSearch(chunk_size=0)
     with pytest.raises(ConfigError, match="n_clusters"):
         ClusterPrunedSearch(n_clusters=0)
+
+
+def test_pruned_search_split_over_threads_finds_the_same_neighbours() -> None:
+    rng = np.random.default_rng(5)
+    bank = rng.normal(size=(3000, 24)).astype(np.float32)
+    queries = rng.normal(size=(1500, 24)).astype(np.float32)
+    one = ClusterPrunedSearch(seed=0).fit(bank).query(queries)
+    many = ClusterPrunedSearch(seed=0, threads=3).fit(bank).query(queries)
+    assert np.array_equal(one[1], many[1]) and np.array_equal(one[0], many[0])
+    with pytest.raises(ConfigError, match="threads"):
+        ClusterPrunedSearch(threads=0)
