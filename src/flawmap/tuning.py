@@ -15,7 +15,8 @@ Every validation image is stored once at a reference size (the largest candidate
 candidate sees it resized to its own input size and its map is resized back, so all candidates
 are measured on the same pixels. The score is the mean of image AUROC, pixel AUROC and AUPRO
 (those defined). Candidates run in the given order while the time budget allows; the best one
-(optionally among those under a latency limit) is the result.
+(optionally among those under a latency limit, timed at batch size 1 on the first validation
+image) is the result.
 """
 
 from __future__ import annotations
@@ -278,19 +279,25 @@ def folder_validation(
     return ValidationImages(_to_uint8(images), labels, masks, str(root), names)
 
 
+def resized(images: torch.Tensor, transform: ImageTransform) -> torch.Tensor:
+    """uint8 images (N, 3, h, w) -> float (N, 3, H, W) in [0, 1] at ``transform``'s size."""
+    x = images.float().div_(255.0)
+    size = transform.output_size
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        x = x.clamp_(0.0, 1.0)
+    return x
+
+
 @torch.inference_mode()
 def validation_metrics(
     detector: Detector, validation: ValidationImages, batch_size: int = 16
 ) -> dict[str, float | None]:
     """A fitted detector's metrics on ``validation``: images resized to its input size, maps
     resized back to the validation size (so every candidate is measured on the same pixels)."""
-    size = detector.transform.output_size
     scores, maps = [], []
     for start in range(0, len(validation.labels), batch_size):
-        x = validation.images[start : start + batch_size].float().div_(255.0)
-        if tuple(x.shape[-2:]) != tuple(size):
-            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-            x = x.clamp_(0.0, 1.0)
+        x = resized(validation.images[start : start + batch_size], detector.transform)
         pred = detector.predict(x)
         scores.append(pred.scores)
         if validation.masks is not None:
@@ -511,7 +518,8 @@ def tune(
             if latency_runs:
                 from flawmap.evaluation.timing import measure_latency
 
-                row.latency_ms = measure_latency(detector, runs=latency_runs)
+                image = resized(validations[criterion].images[:1], detector.transform)[0]
+                row.latency_ms = measure_latency(detector, image, runs=latency_runs)
         except (DataError, ConfigError, MemoryError, RuntimeError) as exc:
             row.status = "failed: " + " ".join(str(exc).split())[:200]
             rows.append(row)
