@@ -624,8 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
         "slice), score it on a validation set, and save the best with a table of all. "
         "Criterion (a), the default: the held-out good images plus synthetic defects. "
         "Criterion (b), with --val: your labelled images (VAL/<defect>/*, optional VAL/good/* "
-        "and VAL/ground_truth/<defect>/<stem>_mask.png), which must not be test images. The "
-        "test/ folder is never read.",
+        "and VAL/ground_truth/<defect>/<stem>_mask.png), which must not be test images. "
+        "Criterion (a) never opens the test/ folder; with --val its files are only hashed, to "
+        "refuse validation images that are test images.",
     )
     p.add_argument("--data", required=True, type=Path, help="category folder with train/good/")
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
