@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from common import DEFAULT_DATASETS, ROOT
+from common import parse_study_arguments
 
 BAND = 2.5
 """Width / height of the bottle band."""
@@ -102,17 +102,9 @@ def markdown(records: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default=str(DEFAULT_DATASETS))
     parser.add_argument("--categories", nargs="+", default=["bottle_band", "magnetic_tile"])
     parser.add_argument("--models", nargs="+", default=["patchcore", "padim"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    args = parser.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads)
+    args = parse_study_arguments(parser)
     out = Path(args.out)
     path = out / "aspect.json"
     records = json.loads(path.read_text())["records"] if path.is_file() else []

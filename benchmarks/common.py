@@ -115,6 +115,21 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
+def parse_study_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Add ``--datasets --seed --threads --out`` (results folder), parse, and give torch the
+    thread count (the single-process studies: aspect, tune, inference parts, deploy)."""
+    parser.add_argument("--datasets", default=str(DEFAULT_DATASETS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    return args
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", default=str(DEFAULT_DATASETS))
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")

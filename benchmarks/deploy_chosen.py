@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from common import CATEGORIES, DEFAULT_DATASETS, ROOT
+from common import CATEGORIES, parse_study_arguments
 
 VARIANTS = (
     ("torch", None, None),
@@ -50,14 +50,10 @@ def per_image_ms(predict: Callable[[np.ndarray], object], images: list[np.ndarra
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default=str(DEFAULT_DATASETS))
     parser.add_argument("--category", default="bottle", choices=CATEGORIES)
     parser.add_argument("--model", default="patchcore")
     parser.add_argument("--params", default='{"tiling": "auto", "coreset_ratio": 0.01}')
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    args = parser.parse_args()
+    args = parse_study_arguments(parser)
 
     import torch
 
@@ -67,7 +63,6 @@ def main() -> None:
     from flawmap.models import create_model
     from flawmap.models.exported import load_any
 
-    torch.set_num_threads(args.threads)
     root = Path(args.datasets) / CATEGORIES[args.category]
     params = json.loads(args.params)
     detector = create_model(args.model, seed=args.seed, **params)

@@ -1,8 +1,8 @@
 """Each inference speed-up of the accuracy work, against what it replaced, in one run.
 
-For PatchCore (seed 0, fitted on all of ``train/good``) on bottle at 448 px with a 1 % bank and
-on magnetic tile at the default 256 px budget with a 10 % bank, at batch size 1 on one real test
-image, median of ``--runs`` after warm-up, the two variants of each part interleaved:
+For PatchCore (``--seed``, default 0, fitted on all of ``train/good``) on bottle at 448 px with
+a 1 % bank and on magnetic tile at the default 256 px budget with a 10 % bank, at batch size 1 on
+one real test image, median of ``--runs`` after warm-up, the two variants of each part interleaved:
 
 - post-processing: bilinear resize + separable Gaussian convolutions (before) vs the two matrix
   products of ``AnomalyMapPostprocessor.operators`` (now);
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import DEFAULT_DATASETS, ROOT
+from common import parse_study_arguments
 
 SETUPS = (
     ("bottle", "mvtec_ad/bottle", {"image_size": 448, "coreset_ratio": 0.01}),
@@ -60,7 +60,7 @@ def measure(category: str, folder: str, params: dict[str, Any], args: argparse.N
     from flawmap.models.patchcore.search import BruteForceSearch, ClusterPrunedSearch
 
     root = Path(args.datasets) / folder
-    model = create_model("patchcore", seed=0, **params)
+    model = create_model("patchcore", seed=args.seed, **params)
     model.fit(MVTecDataset(root, "train"))
     module = model.module
     image = MVTecDataset(root, "test", model.transform)[0]["image"][None]
@@ -132,15 +132,8 @@ def markdown(records: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default=str(DEFAULT_DATASETS))
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    args = parser.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads)
+    args = parse_study_arguments(parser)
     records = [measure(c, f, p, args) for c, f, p in SETUPS]
     out = Path(args.out)
     (out / "inference_parts.json").write_text(json.dumps({"records": records}, indent=2) + "\n")

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from common import CATEGORIES, DEFAULT_DATASETS, ROOT
+from common import CATEGORIES, parse_study_arguments
 
 #: Candidates the benchmark adds after the default search: the square resize, for comparison.
 EXTRA_CANDIDATES = ({"model": "patchcore", "params": {"aspect": "squeeze"}},)
@@ -233,21 +233,12 @@ def markdown(records: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default=str(DEFAULT_DATASETS))
     parser.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES)
     parser.add_argument("--carve", type=float, default=0.2, help="test share for criterion b")
     parser.add_argument("--budget", type=float, default=30.0, help="minutes per category")
     parser.add_argument("--max-latency-ms", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    args = parser.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads)
+    args = parse_study_arguments(parser)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "tune.json"
     records = json.loads(path.read_text())["records"] if path.is_file() else []
     for name in args.categories:
