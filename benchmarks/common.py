@@ -69,10 +69,10 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
         args.model, backbone=args.backbone, seed=args.seed, **{**defaults, **params}
     )
     train = MVTecDataset(root, "train", transform=detector.transform)
-    test = MVTecDataset(root, "test", transform=detector.transform)
     start = time.perf_counter()
     detector.fit(train, progress=False)
     fit_wall = time.perf_counter() - start
+    test = MVTecDataset(root, "test", transform=detector.transform)  # at the planned size
     fit_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = evaluate(detector, test, latency_runs=30)
     image = test[0]["image"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,14 +37,20 @@ class StageInfo:
 
 def describe_stages(name: str) -> list[StageInfo]:
     """Every feature stage timm exposes for backbone ``name`` (no weights are loaded)."""
+    return list(_stages(name))
+
+
+@functools.cache
+def _stages(name: str) -> tuple[StageInfo, ...]:
+    """:func:`describe_stages`, built once per backbone (a meta-device timm model)."""
     spec = get_backbone_spec(name)
     with torch.device("meta"):
         model = timm.create_model(spec.timm_name, pretrained=False, features_only=True)
     info = model.feature_info
-    return [
+    return tuple(
         StageInfo(i, info.module_name()[i], info.channels()[i], info.reduction()[i])
         for i in range(len(info.channels()))
-    ]
+    )
 
 
 def resolve_layers(

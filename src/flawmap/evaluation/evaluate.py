@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 import flawmap
-from flawmap.data import load_image
+from flawmap.data import load_image, with_transform
 from flawmap.errors import DataError
 from flawmap.evaluation.timing import measure_latency
 from flawmap.metrics import compute_metrics
@@ -62,7 +62,11 @@ def evaluate(
     progress: bool = False,
     latency_runs: int = 20,
 ) -> Evaluation:
-    """Predict every test image once and compute image and pixel metrics, timing included."""
+    """Predict every test image once and compute image and pixel metrics, timing included.
+
+    A flawmap dataset built with another transform (e.g. before ``fit`` planned the model's
+    input size) is read through the model's own."""
+    dataset = with_transform(dataset, detector.transform)
     start = time.perf_counter()
     prediction = detector.predict(dataset, progress=progress, keep=("label", "mask", "has_mask"))
     wall = time.perf_counter() - start

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from flawmap.errors import ConfigError
+from flawmap.errors import ConfigError, DataError
 from flawmap.models.base import Detector
 
 
@@ -34,6 +34,11 @@ def _timing_batch(
     h, w = detector.transform.output_size
     if image is None:
         image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed))
+    if tuple(image.shape) != (3, h, w):
+        raise DataError(
+            f"the timing image has shape {tuple(image.shape)} but this model expects (3, {h}, "
+            f"{w}): read it through the model's transform (model.transform)"
+        )
     return image[None].expand(batch_size, -1, -1, -1).contiguous()
 
 

@@ -592,8 +592,12 @@ class Detector(abc.ABC):
         """The image transform this model expects its inputs to have been through: the fitted
         ``geometry_``, or before ``fit`` :meth:`input_geometry` without training images (an int
         ``image_size`` is then square; ``fit`` re-reads flawmap datasets at the planned size)."""
-        geometry = self.geometry_ if self.geometry_ is not None else self.input_geometry()
-        return ImageTransform(image_size=geometry.size, center_crop=self.center_crop)
+        return ImageTransform(image_size=self.geometry.size, center_crop=self.center_crop)
+
+    @property
+    def geometry(self) -> InputGeometry:
+        """The fitted ``geometry_``, or before ``fit`` :meth:`input_geometry` without images."""
+        return self.geometry_ if self.geometry_ is not None else self.input_geometry()
 
     def input_geometry(self, data: Dataset | torch.Tensor | None = None) -> InputGeometry:
         """The input size and tile grid these parameters give for training images ``data``
@@ -623,14 +627,13 @@ class Detector(abc.ABC):
         self, weights: str, *, trainable_stages: int = 0, truncate: bool = False
     ) -> FeatureExtractor:
         """The extractor of ``stage_indices()``; the options are ``FeatureExtractor``'s."""
-        geometry = self.geometry_ if self.geometry_ is not None else self.input_geometry()
         return FeatureExtractor(
             self.backbone,
             self.stage_indices(),
             weights,
             trainable_stages=trainable_stages,
             truncate=truncate,
-            tiles=geometry.tiles,
+            tiles=self.geometry.tiles,
         )
 
     # ----------------------------------------------------------------- model specific
@@ -675,7 +678,7 @@ class Detector(abc.ABC):
         if n == 0:
             raise DataError("no training images")
         geometry = self.input_geometry(dataset)
-        previous = (self.geometry_, self.module_)
+        previous = self.geometry_
         self.geometry_ = geometry
         try:
             dataset = with_transform(dataset, self.transform)
@@ -686,7 +689,7 @@ class Detector(abc.ABC):
             self._fit_module(module, Subset(dataset, fit_idx.tolist()), progress)
             module.eval()
         except BaseException:
-            self.geometry_, self.module_ = previous
+            self.geometry_ = previous
             raise
         self.module_ = module
         self.fit_id_ = uuid.uuid4().hex

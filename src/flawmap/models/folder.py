@@ -82,7 +82,7 @@ def save_detector(
         "fit": {
             "train_seconds": detector.train_seconds_,
             "n_train": detector.n_train_,
-            "geometry": (detector.geometry_ or detector.input_geometry()).to_json(),
+            "geometry": detector.geometry.to_json(),
         },
     }
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
