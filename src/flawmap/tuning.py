@@ -129,14 +129,12 @@ class ValidationImages:
         labels: (N,) int64, 1 = defective.
         masks: (N, H, W) bool ground truth, or None (image-level only).
         source: what the defective images are (``"synthetic"`` or the folder).
-        names: one name per image (file path or ``synthetic:<kind>``).
     """
 
     images: torch.Tensor
     labels: np.ndarray
     masks: np.ndarray | None
     source: str
-    names: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -172,13 +170,11 @@ def synthetic_validation(
         generator = _AlternatingDefects()
     validation = SyntheticValidationSet(good, generator, seed=seed)
     stacked = _stack(validation, ("image", "mask", "label"))
-    kinds = [validation[i]["defect_type"] for i in range(len(validation))]
     return ValidationImages(
         images=_to_uint8(stacked["image"]),
         labels=stacked["label"].numpy().astype(np.int64),
         masks=stacked["mask"][:, 0].numpy() > 0.5,
         source="synthetic",
-        names=[f"synthetic:{k}" for k in kinds],
     )
 
 
@@ -266,17 +262,15 @@ def folder_validation(
     stacked = _stack(dataset, ("image", "mask", "label"))
     images, labels = stacked["image"], stacked["label"].numpy().astype(np.int64)
     masks = stacked["mask"][:, 0].numpy() > 0.5 if dataset.has_pixel_labels else None
-    names = [str(s.path) for s in dataset.samples]
     if good is not None and len(good) > 0:  # type: ignore[arg-type]
         extra = _stack(good, ("image",))["image"]
         images = torch.cat([images, extra])
         labels = np.concatenate([labels, np.zeros(len(extra), dtype=np.int64)])
         if masks is not None:
             masks = np.concatenate([masks, np.zeros((len(extra), *masks.shape[1:]), bool)])
-        names += [f"held-out good {i}" for i in range(len(extra))]
     if not (labels == 0).any():
         raise DataError(f"validation folder {root} gives no good image to compare with")
-    return ValidationImages(_to_uint8(images), labels, masks, str(root), names)
+    return ValidationImages(_to_uint8(images), labels, masks, str(root))
 
 
 def resized(images: torch.Tensor, transform: ImageTransform) -> torch.Tensor:
