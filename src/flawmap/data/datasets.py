@@ -153,6 +153,8 @@ class ImageDataset(Dataset):
         self.samples: list[SampleRecord] = list(samples)
         self.transform: ImageTransform = transform if transform is not None else ImageTransform()
         self._warned_empty_masks: set[Path] = set()
+        #: Where the images come from, in words (recorded with a model fitted on them).
+        self.description: str | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -258,6 +260,7 @@ class MVTecDataset(ImageDataset):
             raise DataError(f"MVTec category folder {self.root} {what}")
         samples = self._scan_train() if split == "train" else self._scan_test()
         super().__init__(samples, transform)
+        self.description = f"{split} split of {self.root}"
 
     @property
     def category(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from flawmap.evaluation.timing import measure_latency
 from flawmap.metrics import compute_metrics
 from flawmap.models.base import Detector, Prediction
 from flawmap.report import evaluation_markdown, heatmap_overlay, save_png, side_by_side
+from flawmap.runtime.format import EVALUATION_FILE
 
 METRIC_KEYS = (
     "image_auroc",
@@ -140,6 +142,33 @@ def write_evaluation(
         )
     (out / "report.md").write_text(markdown)
     return out
+
+
+def record_evaluation(evaluation: Evaluation, model_dir: str | Path, data: str | Path) -> bool:
+    """Write the metrics of ``evaluation`` on ``data`` into ``model_dir/evaluation.json``
+    (atomically, replacing an earlier one); a warning and False when the folder is read-only."""
+    from datetime import UTC, datetime
+
+    from flawmap.errors import FlawmapWarning
+    from flawmap.outputs import write_text_atomic
+
+    payload = {
+        "metrics": evaluation.metrics,
+        "data": str(data),
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "flawmap_version": flawmap.__version__,
+    }
+    try:
+        write_text_atomic(Path(model_dir) / EVALUATION_FILE, json.dumps(payload, indent=2) + "\n")
+    except (OSError, DataError) as exc:
+        warnings.warn(
+            f"the metrics were not recorded in {model_dir} ({exc}); the model card of flawmap "
+            "serve will not show them",
+            FlawmapWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
 
 
 def evaluation_notes(evaluation: Evaluation) -> list[str]:

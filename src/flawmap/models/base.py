@@ -386,6 +386,15 @@ def as_dataset(data: Dataset | torch.Tensor | np.ndarray) -> Dataset:
     )
 
 
+def describe_data(dataset: Dataset) -> str | None:
+    """A flawmap dataset's ``description`` (of a ``Subset``: "N of ..."); None if unknown."""
+    if isinstance(dataset, Subset):
+        inner = describe_data(dataset.dataset)
+        return None if inner is None else f"a {len(dataset)}-image subset of the {inner}"
+    text = getattr(dataset, "description", None)
+    return text if isinstance(text, str) else None
+
+
 def checked_threshold(value: Any) -> float:
     """``value`` as a float; ConfigError unless it is a finite real number (bools refused)."""
     if (
@@ -520,6 +529,8 @@ class Detector(abc.ABC):
         self.module_: AnomalyModule | None = None
         self.train_seconds_: float | None = None
         self.n_train_: int | None = None
+        #: The training images in words (a flawmap dataset's ``description``), if known.
+        self.train_data_: str | None = None
         #: Random id of the fit (shared by config.json and model.safetensors when saved).
         self.fit_id_: str | None = None
         #: JSON form of the state-shaping parameters the fitted module was built with.
@@ -699,6 +710,7 @@ class Detector(abc.ABC):
             module.threshold.fill_(learn_threshold(held.scores, self.threshold_quantile))
         self.train_seconds_ = time.perf_counter() - start
         self.n_train_ = len(fit_idx)
+        self.train_data_ = describe_data(as_dataset(data))
         return self
 
     def batches(
@@ -793,6 +805,7 @@ class Detector(abc.ABC):
         self.module_ = module
         self.train_seconds_ = fit_info.get("train_seconds")
         self.n_train_ = fit_info.get("n_train")
+        self.train_data_ = fit_info.get("data")
         self.fit_id_ = fit_id
         self.fitted_params_ = self._state_params()
 

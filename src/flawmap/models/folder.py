@@ -41,12 +41,14 @@ from flawmap.outputs import (
     write_folder_atomic,
     write_json_synced,
 )
+from flawmap.runtime.format import EVALUATION_FILE
 
 __all__ = ["check_save_target", "load_model", "save_detector"]
 
 
-#: Text files a model folder may hold besides the model (written by ``flawmap tune``).
-EXTRA_FILES = frozenset({"tuning.json", "tuning.md"})
+#: Text files a model folder may hold besides the model (written by ``flawmap tune``, and the
+#: last ``flawmap evaluate``'s metrics).
+EXTRA_FILES = frozenset({"tuning.json", "tuning.md", EVALUATION_FILE})
 
 
 def save_detector(
@@ -82,6 +84,7 @@ def save_detector(
         "fit": {
             "train_seconds": detector.train_seconds_,
             "n_train": detector.n_train_,
+            "data": detector.train_data_,
             "geometry": detector.geometry.to_json(),
         },
     }
@@ -241,6 +244,8 @@ def _read_config(path: Path) -> dict[str, Any]:
             InputGeometry.from_json(fit["geometry"])
         except ConfigError as exc:
             raise DataError(f"{path}: field 'fit.geometry': {exc}") from exc
+    if fit.get("data") is not None and not isinstance(fit["data"], str):
+        raise DataError(f"{path}: field 'fit.data' must be a string or null, got {fit['data']!r}")
     for name, kind in (("train_seconds", numbers.Real), ("n_train", int)):
         value = fit.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):

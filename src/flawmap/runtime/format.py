@@ -27,6 +27,8 @@ EXPORT_VERSION = 1
 MODEL_FILE = "model.json"
 PREPROCESS_FILE = "preprocess.json"
 THRESHOLD_FILE = "threshold.json"
+#: The last ``flawmap evaluate``'s metrics (optional; see flawmap.evaluation.record_evaluation).
+EVALUATION_FILE = "evaluation.json"
 #: The resize rule of ``preprocess.json``; equal to :class:`flawmap.data.ImageTransform`.
 RESIZE_RULE = "bilinear, antialiased, half-pixel centres, on [0, 1] floats; then centre crop"
 BACKENDS = ("onnx", "openvino")
@@ -38,7 +40,9 @@ DATA_SUFFIXES = (".onnx", ".xml", ".bin", ".npy")
 
 def is_export_file(name: str) -> bool:
     """Whether ``name`` is a file an export writes (for overwrite checks)."""
-    return name in (MODEL_FILE, PREPROCESS_FILE, THRESHOLD_FILE) or name.endswith(DATA_SUFFIXES)
+    return name in (MODEL_FILE, PREPROCESS_FILE, THRESHOLD_FILE, EVALUATION_FILE) or name.endswith(
+        DATA_SUFFIXES
+    )
 
 
 def is_export_folder(path: str | Path) -> bool:
