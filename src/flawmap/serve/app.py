@@ -2,9 +2,11 @@
 
 FastAPI on uvicorn. Around the routes, in order: the request-size limit (413 before a body larger
 than ``max_upload_bytes`` is read), bearer-token authentication (401), and Prometheus metrics.
-Scoring runs on one worker thread behind a bounded admission count: a predict request that finds
+Uploads are decoded on two reader threads and scored on one scoring thread (a model uses all
+intra-op threads), behind a bounded admission count: a predict request that finds
 ``queue_size`` requests already admitted gets 503 with ``Retry-After`` instead of waiting in
-memory. Every error is JSON ``{"error": code, "message": text}``.
+memory; an unreadable upload is refused by a reader without waiting for the scorer.
+Every error is JSON ``{"error": code, "message": text}``.
 """
 
 from __future__ import annotations
@@ -219,13 +221,15 @@ def create_app(config: ServeConfig) -> FastAPI:
     if config.warm_up:
         inspector.warm_up()
     metrics = _Metrics()
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flawmap-score")
+    scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flawmap-score")
+    readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flawmap-read")
     state: dict[str, Any] = {"admitted": 0, "seconds_per_request": 0.5}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
-        executor.shutdown(wait=True, cancel_futures=True)
+        for pool in (readers, scorer):
+            pool.shutdown(wait=True, cancel_futures=True)
         inspector.store.close()
 
     app = FastAPI(
@@ -376,10 +380,11 @@ def create_app(config: ServeConfig) -> FastAPI:
             uploads = await _read_uploads(request, config.max_files)
             loop = asyncio.get_running_loop()
             start = time.perf_counter()
-            try:
-                results = await loop.run_in_executor(executor, inspector.predict, name, uploads)
+            try:  # decoding beside the scoring of earlier requests: a bad file never waits
+                prepared = await loop.run_in_executor(readers, inspector.prepare, name, uploads)
             except DataError as exc:
                 raise ApiError(422, "unreadable_image", str(exc)) from None
+            results = await loop.run_in_executor(scorer, inspector.score, prepared)
             seconds = time.perf_counter() - start
             state["seconds_per_request"] = 0.8 * state["seconds_per_request"] + 0.2 * seconds
         finally:

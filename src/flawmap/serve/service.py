@@ -40,6 +40,7 @@ from flawmap.serve.store import ResultStore, StoredResult, now_iso
 
 __all__ = [
     "Inspector",
+    "PreparedImages",
     "ServeConfig",
     "ServedModel",
     "Upload",
@@ -166,6 +167,28 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return payload if isinstance(payload, dict) else None
+
+
+@dataclass
+class PreparedImages:
+    """Uploads read and resized for a model, waiting to be scored (see
+    :meth:`Inspector.prepare`); ``items`` are dataset items (``image`` (3, H, W), ...)."""
+
+    model: str
+    uploads: list[Upload]
+    paths: list[Path]
+    created: list[bool]
+    items: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _upload_error(error: str, path: Path) -> str:
+    """A data-loading error about a stored upload, worded for the client who sent it: no
+    server path, and no advice meant for the operator's command line."""
+    text = error.replace(f"image file {path}", "the image").replace(str(path), "it")
+    return text.split(" If the file is genuine")[0] + (
+        " (a limit of this service)" if "above the limit" in text else ""
+    )
 
 
 @dataclass
@@ -316,41 +339,70 @@ class Inspector:
 
     # ------------------------------------------------------------------ scoring
     def predict(self, name: str, uploads: list[Upload]) -> list[StoredResult]:
-        """Score ``uploads`` with model ``name`` and store the results (upload order).
+        """Score ``uploads`` with model ``name`` and store the results (upload order):
+        :meth:`prepare`, then :meth:`score`.
 
         Raises:
             KeyError: no model ``name``.
             DataError: an upload is not a readable image (none of the request is stored).
         """
+        return self.score(self.prepare(name, uploads))
+
+    def prepare(self, name: str, uploads: list[Upload]) -> PreparedImages:
+        """Store the uploads under ``images/`` and read them at the model's input size (the
+        decoding half of :meth:`predict`; safe to run beside :meth:`score` of other requests).
+
+        Raises:
+            KeyError: no model ``name``.
+            DataError: an upload is not a readable image (its file is removed again).
+        """
+        served = self.model(name)
+        start = time.perf_counter()
+        stored = [self._store_image(u) for u in uploads]
+        prepared = PreparedImages(name, uploads, [p for p, _ in stored], [n for _, n in stored])
+        try:
+            dataset = ImageDataset(
+                [SampleRecord(path, -1, "") for path in prepared.paths],
+                transform=served.detector.transform,
+            )
+            prepared.items, _, failures = read_items(dataset, range(len(dataset)))
+        except BaseException:
+            self.discard(prepared)
+            raise
+        if failures:
+            self.discard(prepared)
+            bad = failures[0]
+            raise DataError(
+                f"{_display_name(uploads[bad.index].filename)}: "
+                + _upload_error(bad.error, prepared.paths[bad.index])
+            )
+        prepared.seconds = time.perf_counter() - start
+        return prepared
+
+    def discard(self, prepared: PreparedImages) -> None:
+        """Remove the image files :meth:`prepare` wrote that no stored result uses."""
+        for path, new in zip(prepared.paths, prepared.created, strict=True):
+            if new and self.store.files_in_use(self._relative(path)) == 0:
+                path.unlink(missing_ok=True)
+
+    def score(self, prepared: PreparedImages) -> list[StoredResult]:
+        """Score prepared images with the threshold in use now and store the results
+        (one scoring at a time)."""
+        name = prepared.model
         served = self.model(name)
         threshold, _ = self.threshold(name)
         start = time.perf_counter()
-        stored = [self._store_image(u) for u in uploads]
-        created = [new for _, new in stored]
         try:
-            dataset = ImageDataset(
-                [SampleRecord(path, -1, "") for path, _ in stored],
-                transform=served.detector.transform,
-            )
-            items, _, failures = read_items(dataset, range(len(dataset)))
-            if failures:
-                bad = failures[0]
-                path = str(stored[bad.index][0])
-                reason = bad.error.replace(f"image file {path}", "the image")
-                raise DataError(
-                    f"{_display_name(uploads[bad.index].filename)}: {reason.replace(path, 'it')}"
-                )
             with self._lock, served.detector.threshold_override(threshold):
-                prediction: Prediction = served.detector.predict(_Items(items))
+                prediction: Prediction = served.detector.predict(_Items(prepared.items))
         except BaseException:
-            for (path, _), new in zip(stored, created, strict=True):
-                if new and self.store.files_in_use(self._relative(path)) == 0:
-                    path.unlink(missing_ok=True)
+            self.discard(prepared)
             raise
-        per_image_ms = (time.perf_counter() - start) * 1000.0 / len(uploads)
+        seconds = prepared.seconds + time.perf_counter() - start
+        per_image_ms = seconds * 1000.0 / len(prepared.items)
         results = []
-        for j, (upload, (path, _)) in enumerate(zip(uploads, stored, strict=True)):
-            height, width = (int(v) for v in items[j]["original_size"])
+        for j, (upload, path) in enumerate(zip(prepared.uploads, prepared.paths, strict=True)):
+            height, width = (int(v) for v in prepared.items[j]["original_size"])
             amap = prediction.maps[j]
             result_id = uuid.uuid4().hex
             map_path = self.config.data_dir / "maps" / f"{result_id}.npy"
@@ -363,7 +415,7 @@ class Inspector:
                 created=now_iso(),
                 model=name,
                 filename=_display_name(upload.filename),
-                image_sha256=path.stem,
+                image_sha256=path.name.split(".")[0],
                 image_file=self._relative(path),
                 map_file=self._relative(map_path),
                 width=width,
