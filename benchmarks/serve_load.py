@@ -28,7 +28,12 @@ Run it alone on a quiet machine (it is a timing benchmark; clients and server sh
 
     python benchmarks/serve_load.py --datasets ../shared/datasets --threads 2
 
-Writes ``benchmarks/results/serve_load.{json,md}`` (``--out`` for another folder).
+Writes ``benchmarks/results/serve_load.{json,md}`` (``--out`` for another folder, ``--name`` for
+another file stem). ``--export openvino:bf16`` serves the fitted model's export (the torch-free
+runtime) instead of the model folder::
+
+    python benchmarks/serve_load.py --datasets ../shared/datasets --threads 2 \\
+        --export openvino:bf16 --name serve_load_openvino
 """
 
 from __future__ import annotations
@@ -715,6 +720,17 @@ def fit_model(args: argparse.Namespace, root: Path, folder: Path) -> dict[str, A
     }
 
 
+def export_fitted(model_dir: Path, spec: str, workdir: Path) -> Path:
+    """Export the model in ``model_dir`` as ``FORMAT:PRECISION`` (no calibration: fp32/bf16)."""
+    from flawmap.export import export_model
+    from flawmap.models import load_model
+
+    fmt, _, precision = spec.partition(":")
+    out = workdir / f"{model_dir.name}-{fmt}-{precision or 'fp32'}"
+    export_model(load_model(model_dir), out, format=fmt, precision=precision or "fp32")
+    return out
+
+
 # ---------------------------------------------------------------------------------- main
 def make_jobs(n_good: int, n_bad: int, n_images: int, rng: random.Random) -> list[Job]:
     """``n_good`` good predicts (images cycled) and ``n_bad`` bad requests spread evenly over
@@ -740,6 +756,13 @@ def main() -> int:
     parser.add_argument("--model", default="patchcore")
     parser.add_argument("--params", default='{"tiling": "auto", "coreset_ratio": 0.01}')
     parser.add_argument("--model-dir", type=Path, default=None, help="serve this folder instead")
+    parser.add_argument(
+        "--export",
+        default=None,
+        metavar="FORMAT:PRECISION",
+        help="serve an export of the fitted model instead (e.g. openvino:bf16, onnx:fp32)",
+    )
+    parser.add_argument("--name", default="serve_load", help="result file stem")
     parser.add_argument("--quick", action="store_true", help="smoke test: 20 images at 128 px")
     parser.add_argument("--requests", type=int, default=1000, help="phase 1 predict requests")
     parser.add_argument("--bad-phase-requests", type=int, default=1000, help="phase 2, 20%% bad")
@@ -776,6 +799,10 @@ def main() -> int:
             print(f"fitting {args.model} on {root} ...", flush=True)
             model_info = fit_model(args, root, model_dir)
             print(f"  {model_info['description']}: {model_info['fit_seconds']:.1f} s", flush=True)
+            if args.export is not None:
+                model_dir = export_fitted(model_dir, args.export, workdir)
+                model_info["export"] = args.export
+                model_info["description"] += f", served as its {args.export} export"
         model = model_dir.resolve().name
         with serve(model_dir, workdir, args, token) as (process, url, log_path):
             server = psutil.Process(process.pid)
@@ -841,9 +868,9 @@ def main() -> int:
         "passed": passed,
     }
     out = Path(args.out)
-    (out / "serve_load.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
     text = markdown(record)
-    (out / "serve_load.md").write_text(text)
+    (out / f"{args.name}.md").write_text(text)
     print()
     print(text)
     return 0 if passed else 1
