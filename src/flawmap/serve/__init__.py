@@ -9,6 +9,7 @@ Needs the ``serve`` extra (FastAPI, uvicorn, python-multipart, prometheus-client
 from __future__ import annotations
 
 import ipaddress
+import socket
 import sys
 import warnings
 
@@ -51,13 +52,45 @@ def run_server(
             FlawmapWarning,
             stacklevel=2,
         )
-    app = create_app(config)
-    names = ", ".join(app.state.inspector.models)
-    print(
-        f"serving {names} on http://{host}:{port}/ (API: /docs; data: {config.data_dir})",
-        file=sys.stderr,
-        flush=True,
-    )
-    uvicorn.run(
-        app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet
-    )
+    listener = _bind(host, port)  # before loading models: a taken port fails at once
+    try:
+        app = create_app(config)
+        bound = listener.getsockname()[1]
+        names = ", ".join(app.state.inspector.models)
+        print(
+            f"serving {names} on http://{host}:{bound}/ (API: /docs; data: {config.data_dir})",
+            file=sys.stderr,
+            flush=True,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning" if quiet else "info", access_log=not quiet)
+        )
+        server.run(sockets=[listener])
+    finally:
+        listener.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: any free port).
+
+    Raises:
+        ConfigError: the address cannot be used (taken, or not an address of this machine).
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}: {exc}") from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError as exc:
+        listener.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}): is another service using "
+            "it? choose another --port"
+        ) from None
+    listener.set_inheritable(True)
+    return listener
