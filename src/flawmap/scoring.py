@@ -44,6 +44,7 @@ __all__ = [
     "SCORE_COLUMNS",
     "ChunkResult",
     "Failure",
+    "ItemsDataset",
     "PredictSummary",
     "predict_readable",
     "predict_to_folder",
@@ -107,7 +108,7 @@ def read_items(
     return items, good, failures
 
 
-class _Items(Dataset):
+class ItemsDataset(Dataset):
     """Already read items seen as a map-style dataset (what ``Detector.predict`` takes)."""
 
     def __init__(self, items: list[dict[str, Any]]) -> None:
@@ -137,7 +138,7 @@ def predict_readable(
         items, good, failures = read_items(dataset, range(start, min(start + chunk_size, n)))
         prediction = None
         if items:
-            prediction = detector.predict(_Items(items), progress=progress)
+            prediction = detector.predict(ItemsDataset(items), progress=progress)
         yield ChunkResult(prediction, good, failures)
 
 

@@ -35,7 +35,7 @@ from flawmap.evaluation import EVALUATION_FILE
 from flawmap.models.base import Prediction, checked_threshold
 from flawmap.outputs import atomic_write
 from flawmap.report import heatmap_overlay
-from flawmap.scoring import _Items, read_items, resize_map
+from flawmap.scoring import ItemsDataset, read_items, resize_map
 from flawmap.serve.store import ResultStore, StoredResult, now_iso
 
 __all__ = [
@@ -394,7 +394,7 @@ class Inspector:
         start = time.perf_counter()
         try:
             with self._lock, served.detector.threshold_override(threshold):
-                prediction: Prediction = served.detector.predict(_Items(prepared.items))
+                prediction: Prediction = served.detector.predict(ItemsDataset(prepared.items))
         except BaseException:
             self.discard(prepared)
             raise
