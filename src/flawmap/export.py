@@ -136,6 +136,7 @@ def _write_export(
             "model": model.name,
             "fit_id": model.fit_id_,
             "params": {k: _jsonable(v) for k, v in model.get_params().items()},
+            "fit": model.fit_summary(),
             "backend": format,
             "precision": precision,
             "head": plan.head,

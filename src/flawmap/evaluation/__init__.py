@@ -1,4 +1,4 @@
-"""Evaluation: metrics of a detector on a test set, timing, result files."""
+"""Evaluation: metrics of a detector on a test set, timing, result files and reports."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from flawmap.evaluation.evaluate import (
     evaluation_notes,
     example_overlay,
     record_evaluation,
-    save_examples,
-    write_evaluation,
 )
+from flawmap.evaluation.report import evaluation_report, write_evaluation
 from flawmap.evaluation.timing import measure_latency
 
 __all__ = [
@@ -23,9 +22,9 @@ __all__ = [
     "display_range",
     "evaluate",
     "evaluation_notes",
+    "evaluation_report",
     "example_overlay",
     "measure_latency",
     "record_evaluation",
-    "save_examples",
     "write_evaluation",
 ]

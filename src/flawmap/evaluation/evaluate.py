@@ -20,7 +20,7 @@ from flawmap.errors import DataError
 from flawmap.evaluation.timing import measure_latency
 from flawmap.metrics import compute_metrics
 from flawmap.models.base import Detector, Prediction
-from flawmap.report import evaluation_markdown, heatmap_overlay, save_png, side_by_side
+from flawmap.report import heatmap_overlay
 from flawmap.runtime.format import EVALUATION_FILE
 
 METRIC_KEYS = (
@@ -117,33 +117,6 @@ def evaluate(
     return Evaluation(metrics=ordered, prediction=prediction, labels=labels, info=info)
 
 
-def write_evaluation(
-    evaluation: Evaluation,
-    detector: Detector,
-    out_dir: str | Path,
-    title: str,
-    n_examples: int = 4,
-) -> Path:
-    """``metrics.json`` (metrics, info, model config), ``report.md`` and example overlays."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    info = {k: v for k, v in evaluation.info.items() if k != "empty_defect_masks"}
-    config = {"model": detector.name, "params": detector.get_params(), **info}
-    payload = {**evaluation.metrics, "info": evaluation.info, "config": config}
-    (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
-    notes = evaluation_notes(evaluation)
-    markdown = evaluation_markdown(evaluation.metrics, config, title, notes=notes)
-    examples = save_examples(evaluation, detector, out / "examples", n_examples)
-    if examples:
-        markdown += (
-            "\n## Examples\n\n"
-            + "\n".join(f"![{p.stem}](examples/{p.name})" for p in examples)
-            + "\n"
-        )
-    (out / "report.md").write_text(markdown)
-    return out
-
-
 def record_evaluation(evaluation: Evaluation, model_dir: str | Path, data: str | Path) -> bool:
     """Write the metrics of ``evaluation`` on ``data`` into ``model_dir/evaluation.json``
     (atomically, replacing an earlier one); a warning and False when the folder is read-only."""
@@ -194,38 +167,6 @@ def evaluation_notes(evaluation: Evaluation) -> list[str]:
     elif info.get("n_with_masks", 0) == 0:
         notes.append("The test set has no ground-truth masks: pixel metrics were not computed.")
     return notes
-
-
-def save_examples(evaluation: Evaluation, detector: Detector, out_dir: Path, n: int) -> list[Path]:
-    """Overlays for a reader judging the heatmaps: the ``n`` most and least anomalous images,
-    and the failure cases: the ``n`` highest-scoring good images (false alarms first) and the
-    ``n`` lowest-scoring defective images (misses first).
-    """
-    pred = evaluation.prediction
-    if n <= 0 or not pred.paths or not pred.paths[0]:
-        return []
-    order = np.argsort(-pred.scores, kind="stable")
-    labels = evaluation.labels
-    groups = {
-        "top": order[:n],
-        "bottom": order[::-1][:n],
-        "good_high": [i for i in order if labels[i] == 0][:n],
-        "defect_low": [i for i in order[::-1] if labels[i] == 1][:n],
-    }
-    vmin, vmax = display_range(pred)
-    masks = pred.targets.get("mask")
-    saved = []
-    for group, indices in groups.items():
-        for rank, i in enumerate(indices):
-            name = Path(pred.paths[i])
-            gt = masks[i, 0] > 0.5 if masks is not None and labels[i] == 1 else None
-            image, overlay = example_overlay(pred, i, vmin, vmax, gt)
-            truth = "defective" if labels[i] == 1 else "good"
-            decided = "" if pred.labels is None else (", flagged" if pred.labels[i] else ", passed")
-            title = f"{truth}: score {pred.scores[i]:.3g}{decided}"
-            strip = side_by_side([image, overlay], [f"{name.parent.name}/{name.name}", title])
-            saved.append(save_png(strip, out_dir / f"{group}_{rank:02d}_{name.stem}.png"))
-    return saved
 
 
 def example_overlay(

@@ -25,6 +25,7 @@ from flawmap.metrics._curves import (
     auroc_from,
     average_precision_from,
     f1_max_from,
+    pro_curve,
     require_classes,
 )
 from flawmap.metrics._ranking import (
@@ -168,6 +169,19 @@ def aupro(masks: Any, maps: Any, fpr_limit: float = 0.3) -> float:
     """
     limit = check_fpr_limit(fpr_limit)
     return aupro_from(_rank_pixels(masks, maps, regions=True), limit)
+
+
+def pro_curve_points(
+    masks: Any, maps: Any, fpr_limit: float = 0.3
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact PRO curve of :func:`aupro` as (FPR, PRO) vertices from (0, 0), up to the first
+    vertex beyond ``fpr_limit`` (for plotting; :func:`aupro` is its normalised area).
+
+    Raises:
+        DataError/ConfigError: as :func:`aupro`.
+    """
+    limit = check_fpr_limit(fpr_limit)
+    return pro_curve(_rank_pixels(masks, maps, regions=True), limit)
 
 
 def pixel_metrics(masks: Any, maps: Any, fpr_limit: float = 0.3) -> dict[str, float]:

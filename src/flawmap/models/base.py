@@ -531,6 +531,8 @@ class Detector(abc.ABC):
         self.n_train_: int | None = None
         #: The training images in words (a flawmap dataset's ``description``), if known.
         self.train_data_: str | None = None
+        #: Image scores of the held-out good training images the threshold was learned from.
+        self.holdout_scores_: list[float] | None = None
         #: Random id of the fit (shared by config.json and model.safetensors when saved).
         self.fit_id_: str | None = None
         #: JSON form of the state-shaping parameters the fitted module was built with.
@@ -705,9 +707,11 @@ class Detector(abc.ABC):
         self.module_ = module
         self.fit_id_ = uuid.uuid4().hex
         self.fitted_params_ = fitted_params
+        self.holdout_scores_ = None
         if len(holdout_idx):
             held = self.predict(Subset(dataset, holdout_idx.tolist()), progress=progress)
             module.threshold.fill_(learn_threshold(held.scores, self.threshold_quantile))
+            self.holdout_scores_ = [float(v) for v in held.scores]
         self.train_seconds_ = time.perf_counter() - start
         self.n_train_ = len(fit_idx)
         self.train_data_ = describe_data(as_dataset(data))
@@ -792,6 +796,22 @@ class Detector(abc.ABC):
 
         return save_detector(self, directory, overwrite=overwrite)
 
+    def fit_summary(self) -> dict[str, Any]:
+        """What the fit learned besides the weights, as saved with the model (``config.json``
+        ``fit``) and its exports: time, image count, data, geometry, held-out scores.
+
+        Raises:
+            NotFittedError: before ``fit``.
+        """
+        self._fitted_module()
+        return {
+            "train_seconds": self.train_seconds_,
+            "n_train": self.n_train_,
+            "data": self.train_data_,
+            "geometry": self.geometry.to_json(),
+            "holdout_scores": self.holdout_scores_,
+        }
+
     def _restore(
         self, state: dict[str, torch.Tensor], fit_info: dict[str, Any], fit_id: str | None
     ) -> None:
@@ -806,6 +826,7 @@ class Detector(abc.ABC):
         self.train_seconds_ = fit_info.get("train_seconds")
         self.n_train_ = fit_info.get("n_train")
         self.train_data_ = fit_info.get("data")
+        self.holdout_scores_ = fit_info.get("holdout_scores")
         self.fit_id_ = fit_id
         self.fitted_params_ = self._state_params()
 

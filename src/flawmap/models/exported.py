@@ -43,7 +43,13 @@ class ExportedDetector:
         info = self.runtime.info
         self.name = info.model
         self.batch_size = self.runtime.batch_size
-        self.train_seconds_ = None
+        fit = info.meta.get("fit") if isinstance(info.meta.get("fit"), dict) else {}
+        #: The model's fit summary as exported (``Detector.fit_summary``; empty for old exports).
+        self.fit_info: dict[str, Any] = fit
+        self.train_seconds_ = fit.get("train_seconds")
+        self.n_train_ = fit.get("n_train")
+        self.train_data_ = fit.get("data")
+        self.holdout_scores_ = fit.get("holdout_scores")
         self.module = _RuntimeForward(self.runtime)
         self.transform = ImageTransform(image_size=info.image_size, center_crop=info.center_crop)
         #: What was exported and how it runs, for reports.

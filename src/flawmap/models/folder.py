@@ -81,12 +81,7 @@ def save_detector(
         "model": detector.name,
         "fit_id": fit_id,
         "params": {name: _jsonable(v) for name, v in detector.get_params().items()},
-        "fit": {
-            "train_seconds": detector.train_seconds_,
-            "n_train": detector.n_train_,
-            "data": detector.train_data_,
-            "geometry": detector.geometry.to_json(),
-        },
+        "fit": detector.fit_summary(),
     }
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
     metadata = {
@@ -244,6 +239,12 @@ def _read_config(path: Path) -> dict[str, Any]:
             InputGeometry.from_json(fit["geometry"])
         except ConfigError as exc:
             raise DataError(f"{path}: field 'fit.geometry': {exc}") from exc
+    held = fit.get("holdout_scores")
+    if held is not None and not (
+        isinstance(held, list)
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in held)
+    ):
+        raise DataError(f"{path}: field 'fit.holdout_scores' must be a list of numbers or null")
     if fit.get("data") is not None and not isinstance(fit["data"], str):
         raise DataError(f"{path}: field 'fit.data' must be a string or null, got {fit['data']!r}")
     for name, kind in (("train_seconds", numbers.Real), ("n_train", int)):

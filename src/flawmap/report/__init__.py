@@ -1,12 +1,13 @@
-"""Reporting: coloured anomaly maps, overlays, Markdown tables and self-contained HTML pages."""
+"""Reporting: coloured anomaly maps, overlays, metric tables, figures and self-contained
+reports (:mod:`flawmap.report.document`)."""
 
 from __future__ import annotations
 
-from flawmap.report.html import OVERLAY_LEGEND, png_data_uri, write_html_report
+from flawmap.report.html import png_data_uri
 from flawmap.report.markdown import (
+    METRIC_HELP,
     METRIC_LABELS,
     config_json,
-    evaluation_markdown,
     format_value,
     metric_label,
     metrics_table,
@@ -27,13 +28,12 @@ from flawmap.report.overlay import (
 __all__ = [
     "COLORMAPS",
     "GT_COLOR",
+    "METRIC_HELP",
     "METRIC_LABELS",
-    "OVERLAY_LEGEND",
     "THRESHOLD_COLOR",
     "colorize",
     "colormap_lut",
     "config_json",
-    "evaluation_markdown",
     "format_value",
     "heatmap_overlay",
     "metric_label",
@@ -43,5 +43,4 @@ __all__ = [
     "save_png",
     "side_by_side",
     "to_uint8_image",
-    "write_html_report",
 ]

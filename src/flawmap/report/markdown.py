@@ -1,19 +1,18 @@
-"""Markdown metric tables and evaluation report pages."""
+"""Metric names and meanings, and Markdown metric tables."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from numbers import Integral, Real
 
 from flawmap.errors import ConfigError
 
 __all__ = [
+    "METRIC_HELP",
     "METRIC_LABELS",
     "MISSING",
     "config_json",
-    "evaluation_markdown",
     "format_value",
     "metric_label",
     "metrics_table",
@@ -31,9 +30,32 @@ METRIC_LABELS: dict[str, str] = {
     "pixel_ap": "Pixel AP",
     "pixel_f1": "Pixel F1",
     "aupro": "AUPRO (FPR ≤ 0.3)",
+    "threshold_fpr": "False-alarm rate at the threshold",
+    "threshold_tpr": "Detection rate at the threshold",
     "latency_ms": "Latency (ms/image, batch 1)",
     "throughput_ips": "Throughput (images/s)",
     "train_seconds": "Training time (s)",
+}
+
+
+#: One line per metric saying what it means (shown beside it in reports).
+METRIC_HELP: dict[str, str] = {
+    "image_auroc": "Chance that a random defective image scores above a random good one "
+    "(1 = perfect ranking, 0.5 = guessing); independent of the threshold.",
+    "image_ap": "Average precision of the image scores: precision averaged over every recall.",
+    "image_f1": "Best F1 of image decisions over all thresholds (not necessarily the model's).",
+    "pixel_auroc": "Chance that a random defect pixel scores above a random normal pixel, over "
+    "all test pixels.",
+    "pixel_ap": "Average precision of the pixel scores; low when defects are small and the map "
+    "lights up normal areas.",
+    "pixel_f1": "Best F1 of pixel decisions over all thresholds.",
+    "aupro": "Mean share of each defect region found, averaged over false-positive rates up to "
+    "30 % (small defects count as much as large ones).",
+    "threshold_fpr": "Share of good test images the model's threshold flags as defective.",
+    "threshold_tpr": "Share of defective test images the model's threshold flags.",
+    "latency_ms": "Time to score one image (batch 1, after warm-up) on this machine.",
+    "throughput_ips": "Images scored per second over the whole test set (batched).",
+    "train_seconds": "Wall-clock time of fitting, threshold hold-out included.",
 }
 
 
@@ -106,40 +128,6 @@ def metrics_table(
     return "\n".join(lines) + "\n"
 
 
-def _fence(text: str) -> str:
-    """A backtick fence longer than any backtick run inside ``text``."""
-    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
-    return "`" * max(3, longest + 1)
-
-
 def config_json(config: dict) -> str:
     """The config as indented JSON; non-JSON values (paths, ...) are written with ``str``."""
     return json.dumps(config, indent=2, ensure_ascii=False, default=str)
-
-
-def evaluation_markdown(
-    metrics: dict[str, float | None],
-    config: dict,
-    title: str,
-    notes: list[str] | None = None,
-) -> str:
-    """A Markdown report page: ``# title``, a metric/value table, optional notes, the config.
-
-    Metric names are made readable with :func:`metric_label`; None values show as "–"
-    (not computed), floats with 3 decimals. ``notes`` (sentences about the data behind the
-    metrics, e.g. empty masks) become a bulleted "Notes" section under the table.
-    """
-    rows: list[dict[str, object]] = [
-        {"Metric": metric_label(key), "Value": value} for key, value in metrics.items()
-    ]
-    parts = [f"# {' '.join(str(title).split())}", ""]
-    if rows:
-        parts.append(metrics_table(rows, columns=["Metric", "Value"]))
-    else:
-        parts.extend(["_No metrics were computed._", ""])
-    if notes:
-        parts.extend(["## Notes", "", *(f"- {' '.join(str(n).split())}" for n in notes), ""])
-    body = config_json(config)
-    fence = _fence(body)
-    parts.extend(["## Configuration", "", f"{fence}json", body, fence, ""])
-    return "\n".join(parts)

@@ -222,22 +222,20 @@ class ServedModel:
         if self.kind == "export":
             info = detector.runtime.info
             size = list(info.image_size)
-            geometry = info.meta.get("geometry") if isinstance(info.meta, dict) else None
+            geometry = detector.fit_info.get("geometry")
             training = {
-                "n_train": info.meta.get("n_train") if isinstance(info.meta, dict) else None,
-                "train_seconds": None,
-                "data": None,
+                "n_train": detector.n_train_,
+                "train_seconds": detector.train_seconds_,
+                "data": detector.train_data_,
             }
             backend: str | None = f"{info.backend} {info.precision}"
         else:
             geometry = detector.geometry.to_json()
             size = list(detector.geometry.size)
-            config = _read_json(self.folder / "config.json") or {}
-            fit = config.get("fit") if isinstance(config.get("fit"), dict) else {}
             training = {
                 "n_train": detector.n_train_,
                 "train_seconds": detector.train_seconds_,
-                "data": fit.get("data") if isinstance(fit.get("data"), str) else None,
+                "data": detector.train_data_,
             }
             backend = "torch"
         tiles = geometry.get("tiles", [1, 1]) if isinstance(geometry, dict) else [1, 1]

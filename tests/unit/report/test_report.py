@@ -1,4 +1,4 @@
-"""Unit tests for flawmap.report (overlays, Markdown and HTML reports); small arrays only."""
+"""Unit tests for flawmap.report (overlays, tables, HTML and Markdown documents); small arrays."""
 
 from __future__ import annotations
 
@@ -18,14 +18,24 @@ from flawmap.report import (
     THRESHOLD_COLOR,
     colorize,
     colormap_lut,
-    evaluation_markdown,
     heatmap_overlay,
     metrics_table,
     save_float_tiff,
     save_png,
     side_by_side,
     to_uint8_image,
-    write_html_report,
+)
+from flawmap.report.document import (
+    Card,
+    Code,
+    Document,
+    Figure,
+    Gallery,
+    Paragraph,
+    Section,
+    Table,
+    render_html,
+    write_report,
 )
 
 WHITE = np.array(THRESHOLD_COLOR, dtype=np.uint8)
@@ -252,65 +262,60 @@ def test_metrics_table_formatting() -> None:
         metrics_table(rows, float_digits=-1)
 
 
-def test_evaluation_markdown() -> None:
-    metrics = {
-        "image_auroc": 0.9512,
-        "aupro": None,
-        "latency_ms": 12.3456,
-        "my_metric": 2.0,
-    }
-    config = {"model": "padim", "backbone": {"name": "resnet18", "layers": [1, 2]}}
-    md = evaluation_markdown(metrics, config, title="PaDiM on ELPV")
-    assert md.startswith("# PaDiM on ELPV\n")
-    assert "| Image AUROC | 0.951 |" in md
-    assert "| AUPRO (FPR ≤ 0.3) | – |" in md
-    assert "| Latency (ms/image, batch 1) | 12.346 |" in md
-    assert "| my_metric | 2.000 |" in md
-    block = re.search(r"```json\n(.*)\n```", md, flags=re.S)
-    assert block is not None
-    assert json.loads(block.group(1)) == config
+# --------------------------------------------------------------------------- documents
 
 
-# --------------------------------------------------------------------------- html
+def _document(image: np.ndarray) -> Document:
+    return Document(
+        "Report & <stuff>",
+        [
+            Section("Most anomalous", [Gallery([Card("a", image, "cell.png — score 3.21")])]),
+            Section("Least <b>anomalous</b>", [Gallery([Card("b", image, "<script>x</script>")])]),
+            Section("Empty", [Gallery([], empty="No defective image was missed.")]),
+            Section(
+                "Tables",
+                [
+                    Table(("metric", "value"), [("Image AUROC", "0.900"), ("a|b", "–")], (1,)),
+                    Figure("curve", '<?xml version="1.0"?><svg id="s"><g/></svg>', "A curve"),
+                    Code("Config", json.dumps({"note": "</pre><script>x</script>"})),
+                ],
+            ),
+        ],
+        intro=[Paragraph("a note", "note")],
+    )
 
 
-def test_html_report_self_contained(tmp_path: Path) -> None:
+def test_html_report_is_self_contained_and_escaped() -> None:
     img = np.zeros((8, 8, 3), dtype=np.uint8)
     img[2:5, 2:5] = (200, 10, 10)
-    sections = [
-        ("Most anomalous test images", [(img, "cell0123.png — score 3.21 — defective")]),
-        ("Least anomalous <b>test</b> images", [(img, "<script>alert(1)</script>")]),
-        ("Empty", []),
-    ]
-    p = write_html_report(
-        tmp_path / "out" / "report.html",
-        title="Report & <stuff>",
-        metrics={"image_auroc": 0.9, "pixel_ap": None},
-        config={"threshold": 2.8, "note": "</pre><script>x</script>"},
-        sections=sections,
-    )
-    text = p.read_text(encoding="utf-8")
+    text = render_html(_document(img))
     assert text.startswith("<!DOCTYPE html>")
-    assert "http" not in text
-    assert 'src="http' not in text
-    assert "<link" not in text
-    assert "<script" not in text
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
-    assert "Report &amp; &lt;stuff&gt;" in text
-    assert "Least anomalous &lt;b&gt;test&lt;/b&gt; images" in text
-    assert "Image AUROC" in text and "Pixel AP" in text and "–" in text
+    assert "http" not in text and "<link" not in text and "<script" not in text
+    assert "&lt;script&gt;x&lt;/script&gt;" in text
+    assert "Report &amp; &lt;stuff&gt;" in text and "Least &lt;b&gt;anomalous" in text
+    assert '<svg id="s"><g/></svg>' in text and "<?xml" not in text  # inline SVG
+    assert "No defective image was missed." in text
+    assert '<a href="#most-anomalous">' in text
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
     assert len(uris) == 2
     decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(uris[0]))))
     np.testing.assert_array_equal(decoded, img)
 
 
-def test_html_report_rejects_bad_image(tmp_path: Path) -> None:
+def test_markdown_report_links_the_same_figures_and_images(tmp_path: Path) -> None:
+    img = np.full((6, 6, 3), 90, dtype=np.uint8)
+    html_path, md_path = write_report(_document(img), tmp_path / "out")
+    text = md_path.read_text()
+    assert html_path.name == "report.html" and text.startswith("# Report & <stuff>")
+    assert "![A curve](figures/curve.svg)" in text
+    assert (tmp_path / "out" / "figures" / "curve.svg").read_text().startswith("<?xml")
+    assert "](images/a.png)" in text and "](images/b.png)" in text
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out/images/a.png")), img)
+    assert "| a\\|b | – |" in text and "|---|---:|" in text
+    assert "*No defective image was missed.*" in text
+
+
+def test_report_rejects_a_bad_image() -> None:
+    bad = np.zeros((4, 4, 3), dtype=np.float32)
     with pytest.raises(DataError):
-        write_html_report(
-            tmp_path / "r.html",
-            "t",
-            {},
-            {},
-            [("s", [(np.zeros((4, 4, 3), dtype=np.float32), "x")])],
-        )
+        render_html(Document("t", [Section("s", [Gallery([Card("x", bad, "x")])])]))
