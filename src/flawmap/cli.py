@@ -321,7 +321,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     record_evaluation(result, args.model_dir, args.data)
     rows = [{"metric": markdown.metric_label(k), "value": v} for k, v in result.metrics.items()]
     print(markdown.metrics_table(rows))
-    print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
+    print(f"wrote {out / 'metrics.json'}, {out / 'report.html'} and {out / 'report.md'}")
     return EXIT_OK
 
 
