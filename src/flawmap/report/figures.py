@@ -17,6 +17,8 @@ _GOOD = "#2b7bba"
 _BAD = "#d7301f"
 _THRESHOLD = "#222222"
 _SIZE = (5.2, 3.4)
+#: No <metadata> block: no creation date (the same data gives the same file), no RDF links.
+_NO_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
 
 
 def _svg(figure) -> str:
@@ -24,7 +26,7 @@ def _svg(figure) -> str:
 
     buffer = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": "flawmap", "svg.fonttype": "none"}):
-        figure.savefig(buffer, format="svg", bbox_inches="tight")
+        figure.savefig(buffer, format="svg", bbox_inches="tight", metadata=_NO_METADATA)
     return buffer.getvalue()
 
 
