@@ -1,10 +1,9 @@
 """The `flawmap serve` inspection page in a real headless browser.
 
-Debian's Chromium driven by Playwright (``executable_path``; Playwright's own browser download is
-never used: ``bash scripts/install_browser.sh`` installs the browser). Each test starts a real
-``flawmap serve`` process over a PatchCore model fitted on MVTec AD bottle images and works the
-page the way an inspector would: upload, read the decisions, move and save the threshold, review,
-export, sign in with a token.
+Debian's Chromium driven by Playwright (the ``browser`` fixture of tests/conftest.py). Each test
+starts a real ``flawmap serve`` process over a PatchCore model fitted on MVTec AD bottle images
+and works the page the way an inspector would: upload, read the decisions, move and save the
+threshold, review, export, sign in with a token.
 """
 
 from __future__ import annotations
@@ -28,35 +27,6 @@ IMAGES_LOADED = """() => {
   const images = [...document.querySelectorAll('[data-testid="result-row"] img')];
   return images.length > 0 && images.every((img) => img.complete && img.naturalWidth > 0);
 }"""
-
-
-def _unavailable(reason: str) -> None:
-    """Fail where CI promises a browser (FLAWMAP_REQUIRE_BROWSER=1), skip elsewhere."""
-    if os.environ.get("FLAWMAP_REQUIRE_BROWSER") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def chromium_path() -> str:
-    path = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
-    if not path:
-        _unavailable("Debian chromium not installed: run bash scripts/install_browser.sh")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        _unavailable("the playwright Python package is not installed: pip install playwright")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def browser(chromium_path: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path, args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
