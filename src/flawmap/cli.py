@@ -508,6 +508,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         parse_method_key,
         score_table,
         write_comparison,
+        write_comparison_report,
     )
 
     records = load_records(args.results)
@@ -518,14 +519,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for m in dict.fromkeys(args.metric)
     ]
     out.mkdir(parents=True, exist_ok=True)
+    results = []
     for table in tables:
         result = compare(
             table, alpha=args.alpha, higher_is_better=better, zero_method=args.zero_method
         )
+        results.append(result)
         written = write_comparison(result, out)
         if not args.quiet:
             print(comparison_markdown(result, per_block=False))
         print(f"wrote {', '.join(p.name for p in written)} in {out}")
+    reports = write_comparison_report(results, out, sources=args.results)
+    print(f"wrote {', '.join(p.name for p in reports)} (every metric) in {out}")
     return EXIT_OK
 
 

@@ -55,11 +55,13 @@ class Table:
 
 @dataclass(frozen=True)
 class Figure:
-    """An SVG drawing (``svg`` is the ``<svg>`` element's text) named for its file."""
+    """An SVG drawing (``svg`` is the ``<svg>`` element's text) named for its file; ``wide``
+    drawings keep their natural width (up to the page's) instead of a plot's 420 px."""
 
     name: str
     svg: str
     caption: str
+    wide: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ figure.plot { display: inline-block; margin: 0 1rem 1rem 0; vertical-align: top;
               background: #fff; border: 1px solid #ddd; border-radius: 4px; padding: .5rem; }
 figure.plot svg { display: block; width: 420px; max-width: 100%; height: auto; }
 figure.plot figcaption { font-size: .85rem; max-width: 420px; margin-top: .3rem; }
+figure.plot.wide svg { width: auto; max-width: 100%; }
+figure.plot.wide figcaption { max-width: none; }
 table.metrics td.text { text-align: left; }
 """
 
@@ -145,8 +149,9 @@ def _block_html(block: Block) -> str:
             rows.append(f"<tr>{cells}</tr>")
         return f'<table class="metrics">{head}<tbody>{"".join(rows)}</tbody></table>'
     if isinstance(block, Figure):
+        css = "plot wide" if block.wide else "plot"
         return (
-            f'<figure class="plot" data-figure="{_esc(block.name)}">{_svg_body(block.svg)}'
+            f'<figure class="{css}" data-figure="{_esc(block.name)}">{_svg_body(block.svg)}'
             f"<figcaption>{_esc(block.caption)}</figcaption></figure>"
         )
     if isinstance(block, Gallery):

@@ -3,12 +3,12 @@
 Result files → paired score table (:func:`load_records`, :func:`score_table`) → average ranks,
 pairwise Wilcoxon signed-rank tests with Holm–Bonferroni correction and cliques
 (:func:`compare`) → Markdown summary and critical-difference diagram, as in the seed paper's
-Fig. 3 (``flawmap compare`` on the command line).
+Fig. 3, and one HTML report of every compared metric (``flawmap compare`` on the command line).
 """
 
 from __future__ import annotations
 
-from flawmap.stats.diagram import critical_difference_diagram
+from flawmap.stats.diagram import critical_difference_diagram, critical_difference_svg
 from flawmap.stats.results import (
     ScoreTable,
     get_field,
@@ -26,7 +26,14 @@ from flawmap.stats.significance import (
     min_attainable_p,
     pairwise_wilcoxon,
 )
-from flawmap.stats.summary import Comparison, compare, comparison_markdown, write_comparison
+from flawmap.stats.summary import (
+    Comparison,
+    compare,
+    comparison_markdown,
+    comparison_report,
+    write_comparison,
+    write_comparison_report,
+)
 
 __all__ = [
     "Comparison",
@@ -36,7 +43,9 @@ __all__ = [
     "cliques",
     "compare",
     "comparison_markdown",
+    "comparison_report",
     "critical_difference_diagram",
+    "critical_difference_svg",
     "get_field",
     "higher_is_better",
     "holm_bonferroni",
@@ -47,4 +56,5 @@ __all__ = [
     "parse_method_key",
     "score_table",
     "write_comparison",
+    "write_comparison_report",
 ]

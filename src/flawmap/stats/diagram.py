@@ -23,6 +23,8 @@ _FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 _BAR_COLOR = "#d62728"
 _ROW = 0.26  # inches between label rows
 _BAR_STEP = 0.13  # inches between clique bars
+#: SVG text for embedding: no <metadata> block (no creation date, no RDF links).
+_NO_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
 
 
 def critical_difference_diagram(
@@ -59,12 +61,12 @@ def critical_difference_svg(
     title: str | None = None,
     note: str | None = None,
 ) -> str:
-    """The diagram of :func:`critical_difference_diagram` as the text of an SVG document (the
-    same drawing its .svg file holds), e.g. to embed in an HTML report."""
+    """The diagram of :func:`critical_difference_diagram` as the text of an SVG document, to embed
+    in a report: the drawing its .svg file holds, without the metadata block."""
     buffer = io.StringIO()
     with _svg_settings():
         fig = _draw(avg_ranks, pair_results, alpha=alpha, title=title, note=note)
-        fig.savefig(buffer, format="svg", metadata={"Date": None}, facecolor="white")
+        fig.savefig(buffer, format="svg", metadata=_NO_METADATA, facecolor="white")
     return buffer.getvalue()
 
 
@@ -147,8 +149,7 @@ def _draw(
         )
     if note is None:
         note = (
-            f"bars: no significant difference (pairwise Wilcoxon signed-rank, Holm, "
-            f"α = {alpha:g})"
+            f"bars: no significant difference (pairwise Wilcoxon signed-rank, Holm, α = {alpha:g})"
         )
     if note:
         ax.text(width / 2, height - 0.18, note, ha="center", va="center", fontsize=7.5)

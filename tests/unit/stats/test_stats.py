@@ -1,11 +1,12 @@
 """flawmap.stats and ``flawmap compare``: Wilcoxon + Holm against worked examples, ranks with ties,
-cliques, critical-difference diagrams, result loading and its errors."""
+cliques, critical-difference diagrams, result loading and its errors, the HTML report."""
 
 from __future__ import annotations
 
 import csv
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,17 @@ from PIL import Image
 
 from flawmap.cli import main
 from flawmap.errors import ConfigError, DataError
+from flawmap.report.document import Code, Figure, Paragraph, Table
+from flawmap.report.markdown import METRIC_HELP
 from flawmap.stats import (
     PairResult,
     average_ranks,
     cliques,
     compare,
     comparison_markdown,
+    comparison_report,
     critical_difference_diagram,
+    critical_difference_svg,
     holm_bonferroni,
     load_records,
     method_labels,
@@ -29,6 +34,7 @@ from flawmap.stats import (
     pairwise_wilcoxon,
     score_table,
     write_comparison,
+    write_comparison_report,
 )
 
 # Hollander & Wolfe, Nonparametric Statistical Methods (Wiley, 1973, pp. 29 f.; 2nd ed. 1999,
@@ -208,6 +214,18 @@ def test_diagram_is_written_by_extension(tmp_path: Path, ext: str) -> None:
         assert "C (loss=x)" in text and "1.20" in text  # labels stay text
 
 
+def test_diagram_as_svg_text_is_the_file_without_its_metadata(tmp_path: Path) -> None:
+    ranks = {"A": 1.2, "B": 2.0, "C <x> & y": 2.8}
+    pairs = [_pair("A", "B", 0.3), _pair("A", "C <x> & y", 0.01), _pair("B", "C <x> & y", 0.4)]
+    text = critical_difference_svg(ranks, pairs, title="t")
+    assert "<svg" in text and "<metadata" not in text and "C &lt;x&gt; &amp; y (2.80)" in text
+    written = critical_difference_diagram(ranks, pairs, tmp_path / "cd.svg", title="t")
+    assert re.sub(r"\s*<metadata>.*?</metadata>", "", written.read_text(), flags=re.S) == text
+    assert critical_difference_svg(ranks, pairs, title="t") == text  # reproducible
+    with pytest.raises(ConfigError, match="alpha"):
+        critical_difference_svg(ranks, pairs, alpha=1.0)
+
+
 def test_diagram_rejects_unknown_formats(tmp_path: Path) -> None:
     pairs = [_pair("A", "B", 0.3)]
     with pytest.raises(ConfigError, match=r"\.png, \.svg"):
@@ -237,6 +255,7 @@ def _records(
 
 
 FCDD = [("fcdd", {"loss": "fcdd", "epochs": 5}), ("fcdd", {"loss": "hsc_pixel", "epochs": 5})]
+METRICS = ("pixel_ap", "latency_ms")
 
 
 def test_default_methods_split_a_model_by_the_params_that_differ(tmp_path: Path) -> None:
@@ -353,6 +372,31 @@ def test_write_comparison_writes_the_summary_and_both_diagrams(tmp_path: Path) -
     assert json.loads(written[1].read_text()) == json.loads(json.dumps(result.to_dict()))
 
 
+def test_comparison_report_shows_the_summary_numbers_per_metric(tmp_path: Path) -> None:
+    records = _records([*FCDD, ("padim", {})], [f"c{i}" for i in range(4)], [0, 1, 2])
+    results = [compare(score_table(records, m, average_seeds=True)) for m in METRICS]
+    document = comparison_report(results, sources=["a.json"])
+    assert [s.title for s in document.sections] == ["Pixel AP", "Latency (ms/image, batch 1)"]
+    for result, section in zip(results, document.sections, strict=True):
+        markdown = comparison_markdown(result)
+        tables = [b for b in section.blocks if isinstance(b, Table)]
+        assert [t.header[0] for t in tables] == ["rank", "A"]
+        for table in tables:  # every cell also stands in the per-metric summary
+            assert all(f" {cell} |" in markdown for row in table.rows for cell in row)
+        figure = next(b for b in section.blocks if isinstance(b, Figure))
+        assert figure.name == f"cd_{result.table.metric}" and "<svg" in figure.svg
+        code = next(b for b in section.blocks if isinstance(b, Code))
+        assert "c3" in code.text and "±" in code.text and "Scores per block" in code.summary
+    texts = [b.text for b in document.sections[0].blocks if isinstance(b, Paragraph)]
+    assert any("no pair can be significant" in t for t in texts)  # 4 blocks
+    assert "a.json" in document.intro[-1].text
+    with pytest.raises(ConfigError, match="at least one"):
+        comparison_report([])
+    written = write_comparison_report(results, tmp_path / "new")
+    assert [p.name for p in written] == ["compare.html", "compare.md"]
+    assert "a.json" not in written[0].read_text()  # no sources given
+
+
 # ------------------------------------------------------------------------------ CLI
 def test_compare_command_writes_summary_and_diagrams(
     tmp_path: Path, capsys: pytest.CaptureFixture
@@ -382,3 +426,30 @@ def test_compare_command_writes_summary_and_diagrams(
 def test_compare_command_help(capsys: pytest.CaptureFixture) -> None:
     assert main(["compare", "--help"]) == 0
     assert "--method-key" in capsys.readouterr().out
+
+
+def test_compare_command_writes_one_html_report_of_every_metric(tmp_path: Path) -> None:
+    records = _records([*FCDD, ("padim", {})], [f"c{i}" for i in range(6)], [0, 1])
+    for r in records:
+        r["method"] = "pa<b>dim</b> & co" if r["model"] == "padim" else r["params"]["loss"]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(records))
+    out = tmp_path / "out"
+    args = ["compare", str(results), "--metric", "pixel_ap", "--metric", "latency_ms", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    page = (out / "compare.html").read_text()
+    for title in ("Pixel AP", "Latency (ms/image, batch 1)"):
+        assert f"<h2>{title}</h2>" in page
+    assert page.count("<svg") == 2 and page.count("<details>") == 2
+    assert "http" not in page.replace("http://www.w3.org", "")
+    assert "<script" not in page and "<link" not in page
+    assert "pa&lt;b&gt;dim&lt;/b&gt; &amp; co" in page and "<b>dim" not in page
+    for piece in ("Wilcoxon signed-rank", "Holm", "α = 0.05", "category × seed", "p (Holm)"):
+        assert piece in page
+    assert METRIC_HELP["pixel_ap"] in page
+    markdown = (out / "compare.md").read_text()
+    figures = re.findall(r"\]\((figures/[^)]+\.svg)\)", markdown)
+    assert figures == ["figures/cd_pixel_ap.svg", "figures/cd_latency_ms.svg"]
+    assert all((out / f).is_file() for f in figures)
+    for metric in METRICS:  # the per-metric files stay
+        assert (out / f"compare_{metric}.md").is_file() and (out / f"cd_{metric}.png").is_file()
