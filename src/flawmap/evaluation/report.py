@@ -17,12 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from flawmap.evaluation.evaluate import (
-    Evaluation,
-    display_range,
-    evaluation_notes,
-    example_overlay,
-)
+from flawmap.evaluation.evaluate import Evaluation, evaluation_notes, example_overlay
 from flawmap.metrics._curves import average_precision_from
 from flawmap.metrics.classification import rank_labels
 from flawmap.metrics.localization import pixel_metrics_or_none, pro_curve_points
@@ -39,6 +34,7 @@ from flawmap.report.document import (
 )
 from flawmap.report.figures import DEFECT_COLOUR, GOOD_COLOUR, curve_figure, score_histogram
 from flawmap.report.markdown import METRIC_HELP, config_json, format_value, metric_label
+from flawmap.report.overlay import decision_range
 
 __all__ = ["evaluation_report", "write_evaluation"]
 
@@ -78,7 +74,7 @@ def evaluation_report(
     doc.sections.append(_decisions(evaluation))
     has_images = bool(pred.paths) and bool(pred.paths[0]) and gallery_size > 0
     if has_images:
-        vmin, vmax = display_range(pred)
+        vmin, vmax = decision_range(pred.maps, pred.threshold)
         threshold = pred.threshold
         flagged = pred.labels if pred.labels is not None else np.zeros(len(labels), bool)
         misses = [i for i in np.argsort(pred.scores, kind="stable") if labels[i] == 1]
@@ -87,9 +83,10 @@ def evaluation_report(
         alarms = [i for i in alarms if flagged[i]]
         top = list(np.argsort(-pred.scores, kind="stable"))
         legend = Paragraph(
-            "Overlay colour: anomaly score on one scale for every image (blue low, red high); "
-            "white outline: the region at or above the threshold; green outline: the "
-            "ground-truth defect, where a mask exists.",
+            "Overlay colour: the anomaly map on one scale for every image, centred on the "
+            "threshold: green at the threshold, red above it, blue well below; white outline: "
+            "the region at or above the threshold; green outline: the ground-truth defect, "
+            "where a mask exists.",
             "note",
         )
         for heading, indices, reason in (
@@ -190,7 +187,7 @@ def _model_card(evaluation: Evaluation, detector: Any) -> Section:
             "Test images",
             f"{info.get('n_test', len(evaluation.labels))} "
             f"({info.get('n_defective', int((evaluation.labels == 1).sum()))} defective, "
-            f"{info.get('n_with_masks', 0)} with ground-truth masks)",
+            f"{info.get('n_defective_with_masks', 0)} of them with a ground-truth mask)",
         )
     )
     return Section("Model", [Table(("", ""), rows_)])
@@ -210,7 +207,8 @@ def _metrics(evaluation: Evaluation) -> Section:
         meaning = METRIC_HELP.get(key, "")
         if value is None:
             meaning += " Not defined for this test set." if meaning else "Not defined."
-        rows.append((metric_label(key), _fmt(value), meaning))
+        digits = 1 if key in ("latency_ms", "throughput_ips", "train_seconds") else 3
+        rows.append((metric_label(key), _fmt(value, digits), meaning))
     return Section("Metrics", [Table(("Metric", "Value", "What it means"), rows, numeric=(1,))])
 
 

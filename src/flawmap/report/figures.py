@@ -71,10 +71,13 @@ def score_histogram(
             linewidth=1.5,
             label=f"threshold {threshold:.4g}",
         )
+    from matplotlib.ticker import MaxNLocator
+
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("image anomaly score")
     axes.set_ylabel("images")
     axes.set_title(title, fontsize=10)
-    axes.legend(fontsize=8, loc="best")
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     return _svg(figure)
 
 
@@ -98,8 +101,9 @@ def curve_figure(
     if point is not None:
         px, py, plabel = point
         axes.plot([px], [py], marker="o", color=_THRESHOLD, linestyle="none", label=plabel)
-    axes.set_xlim(*xlim)
-    axes.set_ylim(0.0, 1.02)
+    pad = 0.02 * (xlim[1] - xlim[0])
+    axes.set_xlim(xlim[0] - pad, xlim[1] + pad)  # curves along the frame stay visible
+    axes.set_ylim(-0.02, 1.03)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title, fontsize=10)

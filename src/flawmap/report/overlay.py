@@ -27,6 +27,7 @@ __all__ = [
     "THRESHOLD_COLOR",
     "colorize",
     "colormap_lut",
+    "decision_range",
     "heatmap_overlay",
     "save_float_tiff",
     "save_png",
@@ -196,6 +197,21 @@ def _contour(mask: np.ndarray, width: int) -> np.ndarray:
 
 def _contour_width(height: int, width: int) -> int:
     return 1 if max(height, width) < 512 else 2
+
+
+def decision_range(maps: np.ndarray, threshold: float | None) -> tuple[float, float]:
+    """A colour range for overlays about decisions: from the 1st percentile of ``maps`` (one
+    (h, w) map or a stack, subsampled to 64 maps) to as far above the threshold as that is
+    below it, so the threshold is the middle of the scale (green with "jet") on every image and
+    everything well above it is dark red. Without a threshold: up to the maps' maximum."""
+    values = np.asarray(maps, dtype=np.float32)
+    if values.ndim == 3:
+        values = values[:: max(1, len(values) // 64)]
+    low = float(np.percentile(values, 1))
+    if threshold is None:
+        return low, max(float(values.max()), low + 1e-6)
+    low = min(low, float(threshold) - 1e-6)
+    return low, 2.0 * float(threshold) - low
 
 
 def heatmap_overlay(

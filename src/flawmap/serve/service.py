@@ -34,7 +34,7 @@ from flawmap.errors import ConfigError, DataError
 from flawmap.evaluation import EVALUATION_FILE
 from flawmap.models.base import Prediction, checked_threshold
 from flawmap.outputs import atomic_write
-from flawmap.report import heatmap_overlay
+from flawmap.report import decision_range, heatmap_overlay
 from flawmap.scoring import ItemsDataset, read_items, resize_map
 from flawmap.serve.store import ResultStore, StoredResult, now_iso
 
@@ -135,18 +135,6 @@ def defect_regions(
         )
     regions.sort(key=lambda r: -r["area"])
     return regions[:_MAX_REGIONS]
-
-
-def overlay_range(amap: np.ndarray, threshold: float | None) -> tuple[float, float]:
-    """Colour range of one result's overlay: from the map's 1st percentile, with the threshold
-    in the middle of the colour scale (green), so colours mean the same relative to the
-    decision on every image; without a threshold, up to the map's maximum."""
-    low = float(np.percentile(amap, 1))
-    high = float(amap.max())
-    if threshold is not None:
-        low = min(low, threshold - 1e-6)
-        high = max(high, 2.0 * threshold - low)
-    return low, max(high, low + 1e-6)
 
 
 def _display_name(filename: str) -> str:
@@ -452,7 +440,7 @@ class Inspector:
         overlay = heatmap_overlay(
             self._image(result),
             amap,
-            *overlay_range(amap, result.threshold),
+            *decision_range(amap, result.threshold),
             threshold=result.threshold,
         )
         return _png(Image.fromarray(overlay))

@@ -18,6 +18,7 @@ from flawmap.report import (
     THRESHOLD_COLOR,
     colorize,
     colormap_lut,
+    decision_range,
     heatmap_overlay,
     metrics_table,
     save_float_tiff,
@@ -319,3 +320,16 @@ def test_report_rejects_a_bad_image() -> None:
     bad = np.zeros((4, 4, 3), dtype=np.float32)
     with pytest.raises(DataError):
         render_html(Document("t", [Section("s", [Gallery([Card("x", bad, "x")])])]))
+
+
+def test_decision_range_puts_the_threshold_in_the_middle() -> None:
+    amap = np.linspace(1.0, 3.0, 100, dtype=np.float32).reshape(10, 10)
+    low, high = decision_range(amap, threshold=5.0)
+    assert low == pytest.approx(float(np.percentile(amap, 1)))
+    assert (low + high) / 2 == pytest.approx(5.0)
+    low, high = decision_range(np.stack([amap, amap + 10.0]), threshold=2.0)
+    assert (low + high) / 2 == pytest.approx(2.0)  # maps far above saturate instead
+    first = float(np.percentile(amap, 1))
+    assert decision_range(amap, None) == (pytest.approx(first), pytest.approx(3.0))
+    low, high = decision_range(amap, threshold=0.5)  # threshold below every value
+    assert low < 0.5 < high and (low + high) / 2 == pytest.approx(0.5)

@@ -1,4 +1,4 @@
-"""flawmap.serve.service: defect regions, overlay colours, configuration checks, token files."""
+"""flawmap.serve.service: defect regions, configuration checks, token files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flawmap.errors import ConfigError
-from flawmap.serve.service import ServeConfig, defect_regions, overlay_range, read_token
+from flawmap.serve.service import ServeConfig, defect_regions, read_token
 
 
 def test_regions_are_connected_components_at_the_original_size() -> None:
@@ -24,16 +24,6 @@ def test_regions_are_connected_components_at_the_original_size() -> None:
     assert len(scaled) == 2 and scaled[0]["y"] >= 40 and scaled[0]["x"] + scaled[0]["width"] == 40
     assert defect_regions(amap, 2.0, (8, 8)) == []
     assert defect_regions(amap, None, (8, 8)) == []
-
-
-def test_overlay_range_puts_the_threshold_in_the_middle() -> None:
-    amap = np.linspace(1.0, 3.0, 100, dtype=np.float32).reshape(10, 10)
-    low, high = overlay_range(amap, threshold=5.0)
-    assert low == pytest.approx(float(np.percentile(amap, 1)))
-    assert (low + high) / 2 == pytest.approx(5.0)
-    low, high = overlay_range(amap, threshold=2.0)
-    assert high == pytest.approx(3.0)  # the map reaches beyond the symmetric range
-    assert overlay_range(amap, None)[1] == pytest.approx(3.0)
 
 
 def test_config_and_token_checks(tmp_path: Path) -> None:
