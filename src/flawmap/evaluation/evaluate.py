@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 import flawmap
 from flawmap.data import load_image, with_transform
@@ -55,6 +55,9 @@ class Evaluation:
     prediction: Prediction
     labels: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    #: Each test image's defect type (a flawmap dataset's ``defect_type``: "good" or the
+    #: defect folder's name), or None when the dataset does not say.
+    defect_types: list[str] | None = None
 
 
 def evaluate(
@@ -114,7 +117,25 @@ def evaluate(
         **getattr(detector, "export_info", {}),
     }
     ordered = {k: metrics.get(k) for k in METRIC_KEYS}
-    return Evaluation(metrics=ordered, prediction=prediction, labels=labels, info=info)
+    return Evaluation(
+        metrics=ordered,
+        prediction=prediction,
+        labels=labels,
+        info=info,
+        defect_types=_defect_types(dataset),
+    )
+
+
+def _defect_types(dataset: Dataset) -> list[str] | None:
+    """The ``defect_type`` of every sample of a flawmap dataset (or a ``Subset`` of one)."""
+    if isinstance(dataset, Subset):
+        inner = _defect_types(dataset.dataset)
+        return None if inner is None else [inner[i] for i in dataset.indices]
+    samples = getattr(dataset, "samples", None)
+    if not isinstance(samples, list) or len(samples) != len(dataset):
+        return None
+    types = [getattr(s, "defect_type", None) for s in samples]
+    return types if all(isinstance(t, str) and t for t in types) else None
 
 
 def record_evaluation(evaluation: Evaluation, model_dir: str | Path, data: str | Path) -> bool:

@@ -396,7 +396,7 @@ def _decisions(evaluation: Evaluation) -> Section:
             ],
         ),
     ]
-    types = _defect_types(pred.paths, labels)
+    types = _defect_types(evaluation)
     if not bad.any():
         blocks.append(Paragraph("The test set has no defective images: no defect types.", "empty"))
         return Section("Decisions at the threshold", blocks)
@@ -439,9 +439,12 @@ def _decisions(evaluation: Evaluation) -> Section:
     return Section("Decisions at the threshold", blocks)
 
 
-def _defect_types(paths: list[str], labels: np.ndarray) -> np.ndarray:
-    """Each image's defect type: its folder name (``good`` for good images)."""
-    names = [Path(p).parent.name if p else "defective" for p in paths] if paths else []
+def _defect_types(evaluation: Evaluation) -> np.ndarray:
+    """Each image's defect type: the dataset's, else its folder name ("good" for good ones)."""
+    labels, paths = evaluation.labels, evaluation.prediction.paths
+    names = evaluation.defect_types
+    if names is None or len(names) != len(labels):
+        names = [Path(p).parent.name if p else "defective" for p in paths]
     if len(names) != len(labels):
         names = ["defective"] * len(labels)
     return np.array([n if lab == 1 else "good" for n, lab in zip(names, labels, strict=True)])
